@@ -1,0 +1,94 @@
+"""CLI commands that read what the store wrote: runs, tables, versions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.options import DataDir
+from schemas.errors import ComponentError
+from schemas.settings import load_settings
+from store.reading import read_table, table_history
+from store.runs import latest_run, read_runs
+
+console = Console()
+
+ExecutionMode = Annotated[str, typer.Option("--execution-mode", "-e", help="backtest | live")]
+
+
+def show(
+    run_id: Annotated[str | None, typer.Argument(help="a run to show; omit to list runs")] = None,
+    table: Annotated[str | None, typer.Option("--table", "-t", help="print this table's rows for the run")] = None,
+    version: Annotated[int | None, typer.Option("--version", help="read the table as of this Delta version")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="rows to print")] = 20,
+    execution_mode: ExecutionMode = "backtest",
+    data_dir: DataDir = ...,  # type: ignore[assignment]
+) -> None:
+    """List runs, show one run's tables and lineage, or print a table's rows (optionally time-travelled)."""
+    root = load_settings(data_dir=data_dir).root
+    try:
+        if run_id is None:
+            _list_runs(root, execution_mode)
+        elif table is None:
+            _show_run(root, execution_mode, run_id)
+        else:
+            data = read_table(root, execution_mode, table, run_id=run_id, version=version)
+            _print_rows(data.slice(0, limit).to_pylist(), f"{table} · {run_id} · {data.num_rows:,} rows"
+                        + (f" · version {version}" if version is not None else ""))
+    except ComponentError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _list_runs(root, execution_mode: str) -> None:  # type: ignore[no-untyped-def]
+    runs = read_runs(root, execution_mode)
+    table = Table(title=f"{execution_mode} runs under {root}")
+    for col in ("run_id", "mode", "status", "started", "finished", "parent", "note"):
+        table.add_column(col)
+    for r in runs.to_dict("records"):
+        table.add_row(r["run_id"], r["mode"], r["status"], str(r["started_at"])[:19],
+                      str(r["finished_at"])[:19] if r["finished_at"] is not None else "",
+                      r["parent_run_id"] or "", r["note"])
+    console.print(table)
+
+
+def _show_run(root, execution_mode: str, run_id: str) -> None:  # type: ignore[no-untyped-def]
+    record = latest_run(root, execution_mode, run_id)
+    if record is None:
+        raise ComponentError("RST-302", f"no run {run_id!r} in {root}/{execution_mode}")
+    console.print(f"[bold]{run_id}[/bold] · {record['mode']} · {record['status']} · "
+                  f"config {record['config_hash'][:12]} · code {record['code_version']}")
+    if record.get("parent_run_id"):
+        console.print(f"parent run: {record['parent_run_id']}")
+    table = Table(title="tables")
+    for col in ("table", "rows", "version after run", "latest commits"):
+        table.add_column(col)
+    versions = record["table_versions"]
+    flat_versions = versions.get("after", versions) if isinstance(versions, dict) else {}
+    for name, rows in sorted(record["row_counts"].items()):
+        history = table_history(root, execution_mode, name, limit=3)
+        ops = ", ".join(f"v{h.get('version')} {h.get('operation')}" for h in history)
+        table.add_row(name, f"{rows:,}", str(flat_versions.get(name, "")), ops)
+    console.print(table)
+
+
+def _print_rows(rows: list[dict], title: str) -> None:  # type: ignore[type-arg]
+    table = Table(title=title)
+    if not rows:
+        console.print(f"{title}: no rows")
+        return
+    for col in rows[0]:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*[orjson.dumps(v, default=str).decode().strip('"') if not isinstance(v, str) else v
+                        for v in row.values()])
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the app."""
+    app.command()(show)

@@ -1,0 +1,1 @@
+"""What the data is: result-table models, snapshot contract, mode configs, settings, errors."""

@@ -1,0 +1,81 @@
+"""The store's own tables: raw snapshots, quarantine and the runs registry.
+
+Declared as pandera models like the result tables, so their Arrow/Delta schemas derive the same
+way (:func:`schemas.tables.model_arrow_schema`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandera.pandas as pdr
+import pyarrow as pa
+from pandera.typing import Series
+
+from schemas.tables import UtcMicros, model_arrow_schema
+
+__all__ = [
+    "QUARANTINE_SCHEMA",
+    "RAW_SNAPSHOTS_SCHEMA",
+    "RUNS_SCHEMA",
+    "QuarantineRow",
+    "RawSnapshotRow",
+    "RunRecord",
+]
+
+RUN_STATUSES = ("running", "finished", "failed")
+
+
+class _Strict(pdr.DataFrameModel):
+    class Config:
+        strict = True
+        ordered = True
+        coerce = False
+
+
+class RawSnapshotRow(_Strict):
+    """Each accepted timestep's original payload: the source of reruns and audits."""
+
+    run_id: Series[str]
+    timestep: Series[np.int64] = pdr.Field(ge=0)
+    timestamp: Series[UtcMicros]
+    payload: Series[str] = pdr.Field(description="the component data exactly as received, JSON")
+    payload_sha256: Series[str] = pdr.Field(description="sha256 of payload, for checksum audits")
+
+
+class QuarantineRow(_Strict):
+    """A rejected row (or a whole rejected snapshot when result_type is 'snapshot')."""
+
+    run_id: Series[str]
+    timestep: Series[np.int64]
+    timestamp: Series[UtcMicros]
+    result_type: Series[str] = pdr.Field(description="the table the row was meant for, or 'snapshot'")
+    rule: Series[str] = pdr.Field(description="name of the failed check")
+    column: Series[str] = pdr.Field(description="the column the check ran on, or '*' for row-level rules")
+    error_code: Series[str] = pdr.Field(description="RST-101 (contract) or RST-102 (rule)")
+    message: Series[str]
+    payload: Series[str] = pdr.Field(description="the rejected row (or snapshot) as JSON")
+    quarantined_at: Series[UtcMicros]
+
+
+class RunRecord(_Strict):
+    """One state of a run. The registry is append-only; a run's latest record is its state."""
+
+    run_id: Series[str]
+    mode: Series[str]
+    execution_mode: Series[str]
+    status: Series[str] = pdr.Field(isin=list(RUN_STATUSES))
+    config_json: Series[str] = pdr.Field(description="the mode config with secrets redacted")
+    config_hash: Series[str]
+    code_version: Series[str]
+    parent_run_id: Series[str] = pdr.Field(nullable=True, description="set on a rerun under a new run_id")
+    started_at: Series[UtcMicros]
+    finished_at: Series[UtcMicros] = pdr.Field(nullable=True)
+    row_counts_json: Series[str] = pdr.Field(description="rows per table, JSON")
+    table_versions_json: Series[str] = pdr.Field(description="Delta version per table after this state, JSON")
+    note: Series[str] = pdr.Field(description="what this state records, e.g. 'rerun: result_types changed'")
+    recorded_at: Series[UtcMicros]
+
+
+RAW_SNAPSHOTS_SCHEMA: pa.Schema = model_arrow_schema(RawSnapshotRow)
+QUARANTINE_SCHEMA: pa.Schema = model_arrow_schema(QuarantineRow)
+RUNS_SCHEMA: pa.Schema = model_arrow_schema(RunRecord)

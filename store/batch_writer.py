@@ -1,0 +1,281 @@
+"""Turns a chunk of queued snapshots into validated Arrow tables, and commits them exactly once.
+
+``prepare`` is CPU work (flatten, validate, serialise the raw payload) and runs in a worker
+thread; ``commit`` writes every table of the run in parallel (delta-rs releases the GIL) with
+retries and a timeout per table. Each table's commit carries the batch's last timestep as its
+application-transaction version, so a retried or replayed batch is a no-op for tables that
+already have it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.errors import ComponentError
+from schemas.modes import ModeConfig
+from schemas.result_types import ResultType
+from schemas.settings import StoreSettings
+from schemas.store_tables import QUARANTINE_SCHEMA, RAW_SNAPSHOTS_SCHEMA
+from tasks import delta_tables
+from tasks.flatten import SnapshotItem, flatten_batch
+from tasks.validate import quarantine_rejected, validate_table
+
+__all__ = ["BatchWriter", "PreparedBatch", "TableWriter", "delta_table_writer"]
+
+RAW_SNAPSHOTS = "raw_snapshots"
+
+# A queued snapshot, as a plain tuple because it is built on the engine's hot path:
+# (timestep, timestamp in µs since epoch UTC, timestamp as given, results dict, monotonic enqueue time)
+Queued = tuple[int, int, Any, dict[str, Any], float]
+QUARANTINE = "quarantine"
+SCHEMA_VERSION = "1"
+
+
+class TableWriter(Protocol):
+    """Commits ``data`` to the table at ``path`` for ``run_id`` up to ``last_timestep``."""
+
+    def __call__(self, path: Path, data: pa.Table, *, run_id: str, last_timestep: int,
+                 compression: Any, metadata: dict[str, Any]) -> int | None: ...
+
+
+delta_table_writer: TableWriter = delta_tables.append_exactly_once
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclass
+class PreparedBatch:
+    """One chunk of timesteps, flattened and validated, ready to commit."""
+
+    first_timestep: int
+    last_timestep: int
+    timesteps: int
+    tables: dict[str, pa.Table]
+    quarantined: int
+    errors: list[ComponentError] = field(default_factory=list)
+    prepare_s: float = 0.0
+
+    @staticmethod
+    def merge(batches: Sequence[PreparedBatch]) -> PreparedBatch:
+        names = batches[0].tables.keys()
+        return PreparedBatch(
+            first_timestep=batches[0].first_timestep,
+            last_timestep=batches[-1].last_timestep,
+            timesteps=sum(b.timesteps for b in batches),
+            tables={n: pa.concat_tables([b.tables[n] for b in batches]) for n in names},
+            quarantined=sum(b.quarantined for b in batches),
+            errors=[e for b in batches for e in b.errors],
+            prepare_s=sum(b.prepare_s for b in batches),
+        )
+
+
+@dataclass
+class CommitOutcome:
+    versions: dict[str, int]
+    commits: int
+    rows: dict[str, int]
+    write_s: float
+    retries: int
+
+
+class BatchWriter:
+    """Prepare and commit batches for one run; holds the per-table committed watermarks."""
+
+    def __init__(
+        self,
+        *,
+        mode: ModeConfig,
+        settings: StoreSettings,
+        run_id: str,
+        table_paths: dict[str, Path],
+        writer: TableWriter = delta_table_writer,
+        on_retry: Callable[[ComponentError, int, str], None] | None = None,
+        backoff_base_s: float = 0.5,
+        max_retries: int = 3,
+        commit_metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.mode = mode
+        self.settings = settings
+        self.run_id = run_id
+        self.table_paths = table_paths
+        self.writer = writer
+        self.on_retry = on_retry
+        self.backoff_base_s = backoff_base_s
+        self.max_retries = max_retries
+        self.commit_metadata = dict(commit_metadata or {})
+        self.result_types = [ResultType(t) for t in mode.results_store.result_types]
+        self.committed: dict[str, int | None] = {
+            name: delta_tables.committed_txn_version(path, run_id) for name, path in table_paths.items()
+        }
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(4, len(table_paths)), thread_name_prefix="results-store-write"
+        )
+
+    # -- resume -------------------------------------------------------------------------------
+    def watermark(self) -> int:
+        """Last timestep every table has committed (-1 if none): replay starts after it."""
+        values = [v if v is not None else -1 for v in self.committed.values()]
+        return min(values) if values else -1
+
+    # -- prepare (worker thread) --------------------------------------------------------------
+    def prepare(self, entries: Sequence[Queued]) -> PreparedBatch:
+        """Flatten, validate and serialise one chunk; invalid rows become quarantine rows."""
+        started = time.perf_counter()
+        items = [SnapshotItem(e[0], e[2], e[3]) for e in entries]
+        flat = flatten_batch(items, self.mode, self.run_id)
+        tables: dict[str, pa.Table] = {}
+        quarantine = [quarantine_rejected(flat.rejected, self.run_id)] if flat.rejected else []
+        errors = [r.error for r in flat.rejected]
+        if flat.rejected and self.settings.strict:
+            raise flat.rejected[0].error
+        for rtype, table in flat.tables.items():
+            outcome = validate_table(rtype, table, self.mode, strict=self.settings.strict)
+            tables[rtype.value] = outcome.valid
+            if outcome.quarantine.num_rows:
+                quarantine.append(outcome.quarantine)
+            errors.extend(outcome.errors)
+        rejected = {r.timestep for r in flat.rejected}
+        tables[RAW_SNAPSHOTS] = self._raw_table(
+            [e for e in entries if e[0] not in rejected] if rejected else entries)
+        tables[QUARANTINE] = (pa.concat_tables(quarantine).cast(QUARANTINE_SCHEMA) if quarantine
+                              else QUARANTINE_SCHEMA.empty_table())
+        return PreparedBatch(
+            first_timestep=entries[0][0],
+            last_timestep=entries[-1][0],
+            timesteps=len(entries),
+            tables=tables,
+            quarantined=tables[QUARANTINE].num_rows,
+            errors=errors,
+            prepare_s=time.perf_counter() - started,
+        )
+
+    def _raw_table(self, entries: Sequence[Queued]) -> pa.Table:
+        dumps, sha = orjson.dumps, hashlib.sha256
+        payloads = [dumps(e[3], default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY) for e in entries]
+        return pa.table(
+            {
+                "run_id": pa.array([self.run_id] * len(entries), pa.string()),
+                "timestep": pa.array([e[0] for e in entries], pa.int64()),
+                "timestamp": pa.array([e[1] for e in entries], pa.int64()).cast(
+                    pa.timestamp("us", tz="UTC")),
+                "payload": pa.array([p.decode() for p in payloads], pa.string()),
+                "payload_sha256": pa.array([sha(p).hexdigest() for p in payloads], pa.string()),
+            },
+            schema=RAW_SNAPSHOTS_SCHEMA,
+        )
+
+    # -- commit (worker thread) ---------------------------------------------------------------
+    def commit(self, batch: PreparedBatch) -> CommitOutcome:
+        """Commit every table of ``batch``; raise ComponentError once retries are exhausted."""
+        started = time.perf_counter()
+        futures = {
+            name: self._pool.submit(self._commit_table, name, table, batch)
+            for name, table in batch.tables.items()
+        }
+        versions: dict[str, int] = {}
+        rows: dict[str, int] = {}
+        commits = retries = 0
+        first_error: ComponentError | None = None
+        for name, future in futures.items():
+            try:
+                version, written, attempts = future.result()
+            except ComponentError as exc:
+                first_error = first_error or exc
+                continue
+            retries += attempts - 1
+            rows[name] = written
+            if version is not None:
+                versions[name] = version
+                commits += 1
+            self.committed[name] = batch.last_timestep
+        if first_error is not None:
+            raise first_error
+        return CommitOutcome(versions, commits, rows, time.perf_counter() - started, retries)
+
+    def _commit_table(self, name: str, table: pa.Table, batch: PreparedBatch) -> tuple[int | None, int, int]:
+        committed = self.committed.get(name)
+        if committed is not None and committed >= batch.last_timestep:
+            return None, 0, 1
+        if committed is not None and table.num_rows:
+            table = table.filter(pc.greater(table["timestep"], committed))
+        metadata = {
+            **self.commit_metadata,
+            "run_id": self.run_id,
+            "table": name,
+            "schema_version": SCHEMA_VERSION,
+            "first_timestep": str(batch.first_timestep),
+            "last_timestep": str(batch.last_timestep),
+        }
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                version = self._write_with_timeout(name, table, batch.last_timestep, metadata)
+                return version, table.num_rows, attempt
+            except ComponentError as exc:
+                if not exc.transient or attempt > self.max_retries:
+                    raise
+                if self.on_retry is not None:
+                    self.on_retry(exc, attempt, name)
+                time.sleep(self.backoff_base_s * 2 ** (attempt - 1))
+
+    def _write_with_timeout(self, name: str, table: pa.Table, last_timestep: int,
+                            metadata: dict[str, Any]) -> int | None:
+        # A timed-out write cannot be cancelled; wait for it to settle before any retry, so two
+        # attempts never run at once (the app-transaction check then makes the retry a no-op).
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        future = executor.submit(
+            self.writer, self.table_paths[name], table, run_id=self.run_id,
+            last_timestep=last_timestep, compression=self.settings.compression, metadata=metadata,
+        )
+        try:
+            return future.result(timeout=self.settings.timeout)
+        except concurrent.futures.TimeoutError:
+            timeout_error = ComponentError(
+                "RST-003", f"writing {name} ({table.num_rows} rows) took longer than "
+                f"{self.settings.timeout:g} s", details={"table": name, "rows": table.num_rows},
+            )
+            if self.on_retry is not None:
+                self.on_retry(timeout_error, 0, name)
+            with contextlib.suppress(ComponentError):
+                future.result()
+            raise timeout_error from None
+        except ComponentError:
+            raise
+        except Exception as exc:
+            raise ComponentError("RST-001", f"writing {name} failed: {type(exc).__name__}: {exc}",
+                                 original_exception=exc) from exc
+        finally:
+            executor.shutdown(wait=False)
+
+    # -- finalize -----------------------------------------------------------------------------
+    def compact(self) -> dict[str, int]:
+        """Optimize this run's partition of every table; returns data files per table after."""
+        files: dict[str, int] = {}
+        for name, path in self.table_paths.items():
+            delta_tables.compact_run(path, self.run_id, compression=self.settings.compression)
+            files[name] = len(delta_tables.data_files(path, run_id=self.run_id))
+        return files
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,33 @@
+"""Reading what the store wrote: a table (or one run of it), at a version, and its history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from tasks import delta_tables
+
+__all__ = ["read_table", "table_history", "table_version"]
+
+
+def read_table(data_dir: Path, execution_mode: str, table: str, *, run_id: str | None = None,
+               version: int | None = None) -> pa.Table:
+    """One table of an execution mode, optionally one run's rows, optionally at a past version."""
+    path = delta_tables.table_path(data_dir, execution_mode, table)
+    result = delta_tables.read(path, run_id=run_id, version=version)
+    if "timestep" in result.column_names:
+        sort = [("timestep", "ascending")]
+        if "event_order" in result.column_names:
+            sort.append(("event_order", "ascending"))
+        result = result.sort_by(sort)
+    return result
+
+
+def table_version(data_dir: Path, execution_mode: str, table: str) -> int | None:
+    return delta_tables.version(delta_tables.table_path(data_dir, execution_mode, table))
+
+
+def table_history(data_dir: Path, execution_mode: str, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+    return delta_tables.history(delta_tables.table_path(data_dir, execution_mode, table), limit)

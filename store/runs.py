@@ -1,0 +1,113 @@
+"""The runs registry: an append-only Delta table; a run's latest record is its current state.
+
+Append-only keeps concurrent runs conflict-free (Delta appends never conflict) and keeps each
+run's history: started, resumed, finished, rerun with the table versions before and after.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+
+from schemas.store_tables import RUNS_SCHEMA
+from tasks import delta_tables
+
+__all__ = ["append_run_record", "code_version", "latest_run", "read_runs", "runs_path"]
+
+
+def runs_path(root: Path, execution_mode: str) -> Path:
+    return delta_tables.table_path(root, execution_mode, "runs")
+
+
+@functools.cache
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout."""
+    try:
+        version = importlib.metadata.version("results-store")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0+unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent, check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{version}+g{sha}" if sha else version
+
+
+def append_run_record(
+    root: Path,
+    execution_mode: str,
+    *,
+    run_id: str,
+    mode: str,
+    status: str,
+    config_json: dict[str, Any],
+    config_hash: str,
+    started_at: datetime,
+    finished_at: datetime | None = None,
+    parent_run_id: str | None = None,
+    row_counts: dict[str, int] | None = None,
+    table_versions: dict[str, Any] | None = None,
+    note: str = "",
+) -> None:
+    """Append one state of a run to the registry."""
+    record = {
+        "run_id": run_id,
+        "mode": mode,
+        "execution_mode": execution_mode,
+        "status": status,
+        "config_json": orjson.dumps(config_json, option=orjson.OPT_SORT_KEYS).decode(),
+        "config_hash": config_hash,
+        "code_version": code_version(),
+        "parent_run_id": parent_run_id,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "row_counts_json": orjson.dumps(row_counts or {}, option=orjson.OPT_SORT_KEYS).decode(),
+        "table_versions_json": orjson.dumps(table_versions or {}, option=orjson.OPT_SORT_KEYS).decode(),
+        "note": note,
+        "recorded_at": datetime.now(UTC),
+    }
+    table = pa.Table.from_pylist([record], schema=RUNS_SCHEMA)
+    path = runs_path(root, execution_mode)
+    with delta_tables.storage_errors("append run record", path):
+        delta_tables.write_plain(path, table)
+
+
+def read_runs(root: Path, execution_mode: str, *, history: bool = False) -> pd.DataFrame:
+    """The latest record per run (or every record with ``history=True``), newest first."""
+    path = runs_path(root, execution_mode)
+    if not delta_tables.table_exists(path):
+        return RUNS_SCHEMA.empty_table().to_pandas()
+    frame = delta_tables.read(path).to_pandas().sort_values("recorded_at", ascending=False, kind="stable")
+    if not history:
+        frame = frame.drop_duplicates("run_id", keep="first")
+    return frame.reset_index(drop=True)
+
+
+def latest_run(root: Path, execution_mode: str, run_id: str) -> dict[str, Any] | None:
+    """The current state of one run, or None if the registry has never seen it."""
+    frame = read_runs(root, execution_mode, history=True)
+    rows = frame[frame["run_id"] == run_id]
+    if rows.empty:
+        return None
+    record = {k: (None if _missing(v) else v) for k, v in rows.iloc[0].to_dict().items()}
+    record["row_counts"] = orjson.loads(record["row_counts_json"])
+    record["table_versions"] = orjson.loads(record["table_versions_json"])
+    return record
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False

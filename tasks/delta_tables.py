@@ -1,0 +1,251 @@
+"""The only module that talks to ``deltalake``: the project's Delta verbs.
+
+Write a batch exactly once (application transactions), overwrite a run's partition, read a
+version, compact a run, vacuum, history. Everything else calls these; errors from deltalake,
+pyarrow and the OS come back as ``ComponentError`` RST-001 so callers can retry on one type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+
+from schemas.errors import ComponentError
+
+__all__ = [
+    "PARTITION_COLUMN",
+    "append_exactly_once",
+    "committed_txn_version",
+    "compact_run",
+    "count_rows",
+    "data_files",
+    "delete_run",
+    "history",
+    "open_table",
+    "overwrite_run",
+    "read",
+    "run_app_id",
+    "table_exists",
+    "table_path",
+    "vacuum",
+    "version",
+    "write_plain",
+]
+
+PARTITION_COLUMN = "run_id"
+Codec = Literal["zstd", "snappy", "gzip", "lz4", "uncompressed"]
+
+# Compact a finished run into files of up to this size; 1M rows of our widest table is ~40 MB.
+TARGET_FILE_BYTES = 512 * 1024 * 1024
+
+
+def table_path(root: Path, execution_mode: str, name: str) -> Path:
+    """``{root}/{execution_mode}/{name}``: where one table of one execution mode lives."""
+    return Path(root) / execution_mode / name
+
+
+def run_app_id(run_id: str) -> str:
+    """The Delta application-transaction id that makes a run's commits idempotent."""
+    return f"results-store:{run_id}"
+
+
+@contextlib.contextmanager
+def storage_errors(action: str, path: Path) -> Iterator[None]:
+    """Map deltalake/pyarrow/OS failures onto RST-001, keeping the original exception."""
+    try:
+        yield
+    except ComponentError:
+        raise
+    except (OSError, pa.ArrowException, Exception) as exc:  # deltalake raises its own hierarchy
+        raise ComponentError(
+            "RST-001", f"{action} failed for {path}: {type(exc).__name__}: {exc}",
+            original_exception=exc, details={"path": str(path), "action": action},
+        ) from exc
+
+
+def table_exists(path: Path) -> bool:
+    return DeltaTable.is_deltatable(str(path))
+
+
+def open_table(path: Path, version: int | None = None) -> DeltaTable | None:
+    """The table at ``path`` (optionally at ``version``), or None if there is none yet."""
+    try:
+        return DeltaTable(str(path), version=version)
+    except TableNotFoundError:
+        return None
+
+
+def committed_txn_version(path: Path, run_id: str) -> int | None:
+    """The last timestep committed to this table for this run, from its app transaction."""
+    table = open_table(path)
+    if table is None:
+        return None
+    return table.transaction_version(run_app_id(run_id))
+
+
+def _writer_properties(compression: Codec) -> WriterProperties:
+    codec = "UNCOMPRESSED" if compression == "uncompressed" else compression.upper()
+    return WriterProperties(compression=codec)  # type: ignore[arg-type]
+
+
+def append_exactly_once(
+    path: Path,
+    data: pa.Table,
+    *,
+    run_id: str,
+    last_timestep: int,
+    compression: Codec = "zstd",
+    metadata: dict[str, Any] | None = None,
+    partitioned: bool = True,
+) -> int | None:
+    """Append ``data`` in one commit that also records ``last_timestep`` for the run.
+
+    Returns the new table version, or None when the table had already committed this run up to
+    ``last_timestep`` (a retry after an unclear failure, or a replay after a crash): then nothing
+    is written. Callers must pass only rows with timestep > the committed version.
+    """
+    with storage_errors("append", path):
+        committed = committed_txn_version(path, run_id)
+        if committed is not None and committed >= last_timestep:
+            return None
+        write_deltalake(
+            str(path),
+            data,
+            mode="append",
+            partition_by=[PARTITION_COLUMN] if partitioned else None,
+            writer_properties=_writer_properties(compression),
+            commit_properties=CommitProperties(
+                custom_metadata={k: v for k, v in (metadata or {}).items() if v is not None},
+                app_transactions=[Transaction(run_app_id(run_id), last_timestep)],
+            ),
+        )
+        table = open_table(path)
+        return table.version() if table is not None else None
+
+
+def overwrite_run(
+    path: Path,
+    data: pa.Table,
+    *,
+    run_id: str,
+    last_timestep: int,
+    compression: Codec = "zstd",
+    metadata: dict[str, Any] | None = None,
+) -> int:
+    """Replace one run's partition in a single commit; earlier versions stay readable."""
+    with storage_errors("overwrite", path):
+        exists = table_exists(path)
+        write_deltalake(
+            str(path),
+            data,
+            mode="overwrite" if exists else "append",
+            predicate=f"{PARTITION_COLUMN} = '{_quote(run_id)}'" if exists else None,
+            partition_by=[PARTITION_COLUMN],
+            writer_properties=_writer_properties(compression),
+            commit_properties=CommitProperties(
+                custom_metadata={k: v for k, v in (metadata or {}).items() if v is not None},
+                app_transactions=[Transaction(run_app_id(run_id), last_timestep)],
+            ),
+        )
+        table = open_table(path)
+        assert table is not None
+        return table.version()
+
+
+def write_plain(path: Path, data: pa.Table) -> None:
+    """Append without partitioning or app transaction: for small append-only ledgers."""
+    write_deltalake(str(path), data, mode="append")
+
+
+def delete_run(path: Path, run_id: str) -> dict[str, Any]:
+    """Delete one run's rows (a new version; files go only when vacuumed)."""
+    with storage_errors("delete", path):
+        table = open_table(path)
+        if table is None:
+            return {}
+        return table.delete(f"{PARTITION_COLUMN} = '{_quote(run_id)}'")
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def read(
+    path: Path,
+    *,
+    run_id: str | None = None,
+    version: int | None = None,
+    columns: list[str] | None = None,
+    filter: pads.Expression | None = None,
+) -> pa.Table:
+    """Read a table (optionally one run's partition, at a past version)."""
+    with storage_errors("read", path):
+        table = open_table(path, version)
+        if table is None:
+            raise ComponentError("RST-302", f"no Delta table at {path}", details={"path": str(path)})
+        partitions = [(PARTITION_COLUMN, "=", run_id)] if run_id is not None else None
+        dataset = table.to_pyarrow_dataset(file_pruning_predicate=partitions)
+        return dataset.to_table(columns=columns, filter=filter)
+
+
+def count_rows(path: Path, *, run_id: str | None = None) -> int:
+    """Rows in the table (or one run's partition); 0 when the table does not exist."""
+    table = open_table(path)
+    if table is None:
+        return 0
+    partitions = [(PARTITION_COLUMN, "=", run_id)] if run_id is not None else None
+    return table.to_pyarrow_dataset(file_pruning_predicate=partitions).count_rows()
+
+
+def version(path: Path) -> int | None:
+    table = open_table(path)
+    return None if table is None else table.version()
+
+
+def history(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    table = open_table(path)
+    return [] if table is None else table.history(limit)
+
+
+def compact_run(path: Path, run_id: str, *, compression: Codec = "zstd") -> dict[str, Any]:
+    """Merge one run's files (Delta optimize), so a finished run has few, large files."""
+    with storage_errors("optimize", path):
+        table = open_table(path)
+        if table is None:
+            return {}
+        partition = [(PARTITION_COLUMN, "=", run_id)]
+        files = table.to_pyarrow_dataset(file_pruning_predicate=partition).files  # type: ignore[attr-defined]
+        if len(files) <= 1:
+            return {"numFilesAdded": 0, "numFilesRemoved": 0}
+        return table.optimize.compact(
+            partition_filters=partition,  # type: ignore[arg-type]
+            target_size=TARGET_FILE_BYTES,
+            writer_properties=_writer_properties(compression),
+            commit_properties=CommitProperties(custom_metadata={"run_id": run_id, "results_store_step": "finalize"}),
+        )
+
+
+def data_files(path: Path, *, run_id: str | None = None) -> list[str]:
+    """The data files of the current version (optionally of one run)."""
+    table = open_table(path)
+    if table is None:
+        return []
+    partitions = [(PARTITION_COLUMN, "=", run_id)] if run_id is not None else None
+    return list(table.to_pyarrow_dataset(file_pruning_predicate=partitions).files)  # type: ignore[attr-defined]
+
+
+def vacuum(path: Path, *, retention_hours: int, dry_run: bool = True) -> list[str]:
+    """Files no version within ``retention_hours`` needs; removed only when ``dry_run`` is False."""
+    with storage_errors("vacuum", path):
+        table = open_table(path)
+        if table is None:
+            return []
+        return table.vacuum(retention_hours=retention_hours, dry_run=dry_run,
+                            enforce_retention_duration=False)

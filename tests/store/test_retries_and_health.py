@@ -1,0 +1,136 @@
+"""Retries with backoff against an injected failing writer; health degrading and recovering."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from schemas.errors import ComponentError
+from schemas.settings import load_settings
+from store.batch_writer import delta_table_writer
+from store.drive import feed
+from store.events import event_log_path
+from store.reading import read_table
+from store.results_store import ResultsStore
+from tests.store.conftest import snapshots
+
+
+class FlakyWriter:
+    """The real Delta writer, failing the first ``failures`` calls for one table."""
+
+    def __init__(self, failures: int, table: str = "balance_sheet", exc: type[Exception] = OSError) -> None:
+        self.failures = failures
+        self.table = table
+        self.exc = exc
+        self.calls = 0
+
+    def __call__(self, path: Path, data: Any, **kwargs: Any) -> int | None:
+        if path.name == self.table and self.calls < self.failures:
+            self.calls += 1
+            raise ComponentError("RST-001", f"injected failure {self.calls}", original_exception=self.exc("disk"))
+        return delta_table_writer(path, data, **kwargs)
+
+
+class SlowWriter:
+    """The real writer, sleeping past the timeout once."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.slowed = False
+
+    def __call__(self, path: Path, data: Any, **kwargs: Any) -> int | None:
+        if path.name == "risk_metrics" and not self.slowed:
+            self.slowed = True
+            import time
+
+            time.sleep(self.delay)
+        return delta_table_writer(path, data, **kwargs)
+
+
+def _events(data_dir: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in event_log_path(data_dir).read_text().splitlines()]
+
+
+async def test_transient_storage_failures_are_retried_with_backoff_and_logged(tmp_path, mn_mode):
+    writer = FlakyWriter(failures=2)
+    settings = load_settings(mn_mode, data_dir=tmp_path)
+    store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="retry", settings=settings,
+                         writer=writer, backoff_base_s=0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with store:
+        await feed(store, snapshots(mn_mode, 30))
+    assert loop.time() - started >= 0.05 + 0.1  # two backoffs: 0.05 s then 0.1 s
+    assert writer.calls == 2
+    assert read_table(tmp_path, "backtest", "balance_sheet", run_id="retry").num_rows > 0
+    failures = [e for e in _events(tmp_path) if e["event_type"] == "storage_failed"]
+    assert [e["data"]["attempt"] for e in failures] == [1, 2]
+    assert all(e["data"]["error_code"] == "RST-001" for e in failures)
+    assert store.check_component_health()["error_count"] == 2
+
+
+async def test_backtest_fails_loudly_after_three_retries(tmp_path, mn_mode):
+    store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="dead",
+                         settings=load_settings(mn_mode, data_dir=tmp_path),
+                         writer=FlakyWriter(failures=99), backoff_base_s=0.01)
+    await store.start()
+    await feed(store, snapshots(mn_mode, 10))
+    with pytest.raises(ComponentError) as failed:
+        await store.stop()
+    assert failed.value.error_code == "RST-001"
+    assert store.check_component_health()["status"] == "unhealthy"
+    assert [e["event_type"] for e in _events(tmp_path)].count("storage_failed") >= 4
+
+
+async def test_a_write_slower_than_the_timeout_is_rst003_and_is_not_doubled(tmp_path, mn_mode):
+    settings = load_settings(mn_mode, data_dir=tmp_path, timeout=0.2)
+    store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="slow", settings=settings,
+                         writer=SlowWriter(delay=0.6), backoff_base_s=0.01)
+    async with store:
+        await feed(store, snapshots(mn_mode, 20))
+    assert any(e["event_type"] == "write_timeout" and e["data"]["error_code"] == "RST-003"
+               for e in _events(tmp_path))
+    risk = read_table(tmp_path, "backtest", "risk_metrics", run_id="slow")
+    assert sorted(set(risk.column("timestep").to_pylist())) == list(range(20))
+    pairs = list(zip(risk.column("timestep").to_pylist(), risk.column("metric").to_pylist(),
+                     risk.column("risk_group").to_pylist(), strict=True))
+    assert len(pairs) == len(set(pairs)), "the slow write and its retry must not both land"
+
+
+async def test_live_health_goes_degraded_when_the_queue_fills_and_back_when_it_drains(tmp_path, mn_mode):
+    settings = load_settings(mn_mode, data_dir=tmp_path, queue_size=3, flush_interval=0.1, batch_size=2)
+    store = ResultsStore(mn_mode, "live", data_dir=tmp_path, run_id="h", settings=settings)
+    snaps = snapshots(mn_mode, 40)
+    statuses = []
+    async with store:
+        assert store.check_component_health()["status"] == "healthy"
+        for ts, results in snaps:  # no awaits that yield to the worker in between: the queue overflows
+            await store.store_timestep_results(ts, results)
+        statuses.append(store.check_component_health()["status"])
+        assert store.get_storage_stats()["spilled_backlog"] > 0
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if store.last_committed_timestep() == 39:
+                break
+        statuses.append(store.check_component_health())
+    assert statuses[0] == "degraded"
+    assert statuses[1]["spilling_to_wal"] is False
+    assert statuses[1]["status"] == "healthy"
+    assert store.last_committed_timestep() == 39
+    raw = read_table(tmp_path, "live", "raw_snapshots", run_id="h")
+    assert raw.column("timestep").to_pylist() == list(range(40))
+    assert any(e["event_type"] == "queue_full" and e["data"]["error_code"] == "RST-002" for e in _events(tmp_path))
+
+
+async def test_health_report_has_the_spec_fields(tmp_path, mn_mode):
+    store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="f", settings=load_settings(mn_mode, data_dir=tmp_path))
+    async with store:
+        report = store.check_component_health()
+    for key in ("status", "error_count", "queue_size", "write_count", "last_write_timestamp",
+                "avg_processing_time_ms", "error_rate", "memory_usage_mb", "oldest_queued_age_s"):
+        assert key in report
+    assert report["status"] == "healthy"
