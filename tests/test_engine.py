@@ -135,7 +135,7 @@ def test_market_paths_do_not_depend_on_how_far_ahead_they_are_simulated() -> Non
     assert np.array_equal(short.funding.rates, long.funding.rates[:len(short.funding.rates)])
 
 
-@pytest.mark.parametrize("mode", (*LEVERAGED, "btc_basis"))
+@pytest.mark.parametrize("mode", [*LEVERAGED, "btc_basis"])
 def test_simulating_further_ahead_does_not_change_the_past(mode: str) -> None:
     assert list(engine_for(mode, "2024-01-08").iter_snapshots(0, 1440)) == run(mode)
     two_months = list(engine_for(mode, "2024-03-01", "1h").iter_snapshots())
