@@ -1,10 +1,10 @@
 """Turns a chunk of queued snapshots into validated Arrow tables, and commits them exactly once.
 
-``prepare`` is CPU work (flatten, validate, serialise the raw payload) and runs in a worker
-thread; ``commit`` writes every table of the run in parallel (delta-rs releases the GIL) with
-retries and a timeout per table. Each table's commit carries the batch's last timestep as its
-application-transaction version, so a retried or replayed batch is a no-op for tables that
-already have it.
+``prepare`` is CPU work (flatten, validate, serialise the raw payload), GIL-bound, so the store
+runs it where it competes least with the engine; ``commit`` writes every table of the run in
+parallel (delta-rs releases the GIL) with retries and a timeout per table. Each table's commit
+carries the batch's last timestep as its application-transaction version, so a retried or
+replayed batch is a no-op for tables that already have it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -57,6 +58,18 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _utf8_array(payloads: Sequence[bytes]) -> pa.Array | pa.ChunkedArray:
+    """orjson's UTF-8 bytes as one Arrow string array, without decoding each to a Python str."""
+    offsets = np.zeros(len(payloads) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads)), out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        # Over 2 GiB in one chunk cannot have 32-bit offsets; pa.array splits it into chunks.
+        return pa.array([p.decode() for p in payloads], pa.string())
+    # orjson always emits valid UTF-8, so the bytes need no decoding or re-validation.
+    data = pa.py_buffer(b"".join(payloads))
+    return pa.StringArray.from_buffers(len(payloads), pa.py_buffer(offsets.astype(np.int32)), data)
 
 
 @dataclass
@@ -170,11 +183,11 @@ class BatchWriter:
         payloads = [dumps(e[3], default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY) for e in entries]
         return pa.table(
             {
-                "run_id": pa.array([self.run_id] * len(entries), pa.string()),
+                "run_id": pa.repeat(pa.scalar(self.run_id, pa.string()), len(entries)),
                 "timestep": pa.array([e[0] for e in entries], pa.int64()),
                 "timestamp": pa.array([e[1] for e in entries], pa.int64()).cast(
                     pa.timestamp("us", tz="UTC")),
-                "payload": pa.array([p.decode() for p in payloads], pa.string()),
+                "payload": _utf8_array(payloads),
                 "payload_sha256": pa.array([sha(p).hexdigest() for p in payloads], pa.string()),
             },
             schema=RAW_SNAPSHOTS_SCHEMA,
@@ -267,11 +280,13 @@ class BatchWriter:
     # -- finalize -----------------------------------------------------------------------------
     def compact(self) -> dict[str, int]:
         """Optimize this run's partition of every table; returns data files per table after."""
-        files: dict[str, int] = {}
-        for name, path in self.table_paths.items():
+        def compact_one(path: Path) -> int:
             delta_tables.compact_run(path, self.run_id, compression=self.settings.compression)
-            files[name] = len(delta_tables.data_files(path, run_id=self.run_id))
-        return files
+            return len(delta_tables.data_files(path, run_id=self.run_id))
+
+        # Tables are independent and delta-rs works outside the GIL: compact them side by side.
+        futures = {name: self._pool.submit(compact_one, path) for name, path in self.table_paths.items()}
+        return {name: future.result() for name, future in futures.items()}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

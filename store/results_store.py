@@ -3,7 +3,8 @@
 The engine's path (``store_timestep_results``) only checks ordering and appends to the queue: no
 conversion, no I/O (live mode adds one fsynced WAL append, because an acknowledged live snapshot
 must survive a crash). One worker drains the queue in FIFO order into chunks; chunks are
-flattened/validated in a thread and committed as batches, one Delta commit per table per batch,
+flattened and validated (inline in backtest, in a thread in live) and committed as batches from a
+writer thread while the next chunks are prepared, one Delta commit per table per batch,
 each carrying the batch's last timestep as its application-transaction version. A restart with
 the same ``run_id`` reads those versions and skips what is already committed.
 """
@@ -47,8 +48,10 @@ from tasks.flatten import to_micros
 __all__ = ["ResultsStore"]
 
 _STOP: Any = object()
-# Snapshots flattened together in one thread hop; small enough that raw dicts do not pile up.
-CHUNK_TIMESTEPS = 5_000
+# Snapshots flattened and validated together. pandera costs ~4 ms per table per call whatever the
+# size, so larger chunks are cheaper per timestep (bench: 34 µs at 5,000, 28 µs at 10,000, 26 µs at
+# 20,000) but hold more Python objects at once (+34 MB per 5,000 more): 10,000 is the middle.
+CHUNK_TIMESTEPS = 10_000
 
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 from pathlib import Path
 
 import orjson
@@ -175,3 +176,19 @@ async def test_live_commits_within_the_flush_interval(tmp_path, mn_mode):
             await store.store_timestep_results(ts, results)
         await asyncio.sleep(0.8)
         assert store.last_committed_timestep() == 2
+
+
+async def test_raw_snapshots_keep_each_payload_byte_exact_with_its_sha256(tmp_path, mn_mode):
+    snaps = snapshots(mn_mode, 40)
+    # A key outside the contract with non-ASCII text and an empty string must survive unchanged.
+    snaps[5] = (snaps[5][0], dict(snaps[5][1], operator_note="ETH → weETH, prêt ✓", empty=""))
+    store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="raw",
+                         settings=_settings(mn_mode, tmp_path, backtest_batch_size=16))
+    async with store:
+        await feed(store, snaps)
+    raw = read_table(tmp_path, "backtest", "raw_snapshots", run_id="raw").sort_by("timestep")
+    payloads = raw.column("payload").to_pylist()
+    assert [orjson.loads(p)["timestep"] for p in payloads] == list(range(40))
+    assert orjson.loads(payloads[5])["operator_note"] == "ETH → weETH, prêt ✓"
+    assert orjson.loads(payloads[5])["empty"] == ""
+    assert raw.column("payload_sha256").to_pylist() == [hashlib.sha256(p.encode()).hexdigest() for p in payloads]
