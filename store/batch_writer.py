@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -136,6 +137,8 @@ class BatchWriter:
         self.committed: dict[str, int | None] = {
             name: delta_tables.committed_txn_version(path, run_id) for name, path in table_paths.items()
         }
+        # Open table handles, one per table; each is only used by that table's (sequential) commits.
+        self._handles: dict[str, delta_tables.DeltaTable | None] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(4, len(table_paths)), thread_name_prefix="results-store-write"
         )
@@ -253,8 +256,11 @@ class BatchWriter:
         # A timed-out write cannot be cancelled; wait for it to settle before any retry, so two
         # attempts never run at once (the app-transaction check then makes the retry a no-op).
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        writer = self.writer
+        if writer is delta_table_writer:
+            writer = functools.partial(self._append_with_handle, name)
         future = executor.submit(
-            self.writer, self.table_paths[name], table, run_id=self.run_id,
+            writer, self.table_paths[name], table, run_id=self.run_id,
             last_timestep=last_timestep, compression=self.settings.compression, metadata=metadata,
         )
         try:
@@ -276,6 +282,16 @@ class BatchWriter:
                                  original_exception=exc) from exc
         finally:
             executor.shutdown(wait=False)
+
+    def _append_with_handle(self, name: str, path: Path, data: pa.Table, **kwargs: Any) -> int | None:
+        """The default writer, reusing one open table per result table: opening a Delta table
+        replays its log, which three opens per table per batch made a visible share of a commit."""
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = delta_tables.open_table(path)  # still None before the table's first commit
+        version = delta_tables.append_exactly_once(path, data, table=handle, **kwargs)
+        self._handles[name] = handle if handle is not None else delta_tables.open_table(path)
+        return version
 
     # -- finalize -----------------------------------------------------------------------------
     def compact(self) -> dict[str, int]:

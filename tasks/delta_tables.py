@@ -104,19 +104,28 @@ def append_exactly_once(
     compression: Codec = "zstd",
     metadata: dict[str, Any] | None = None,
     partitioned: bool = True,
+    table: DeltaTable | None = None,
 ) -> int | None:
     """Append ``data`` in one commit that also records ``last_timestep`` for the run.
 
     Returns the new table version, or None when the table had already committed this run up to
     ``last_timestep`` (a retry after an unclear failure, or a replay after a crash): then nothing
     is written. Callers must pass only rows with timestep > the committed version.
+
+    ``table``: an open handle of the table at ``path`` to reuse across batches. It is brought up
+    to date first (cheap: only newer log entries are read), so a commit by another writer or by
+    an attempt whose outcome was unclear is seen before the app-transaction check.
     """
     with storage_errors("append", path):
-        committed = committed_txn_version(path, run_id)
+        if table is not None:
+            table.update_incremental()
+        else:
+            table = open_table(path)
+        committed = table.transaction_version(run_app_id(run_id)) if table is not None else None
         if committed is not None and committed >= last_timestep:
             return None
         write_deltalake(
-            str(path),
+            table if table is not None else str(path),
             data,
             mode="append",
             partition_by=[PARTITION_COLUMN] if partitioned else None,
@@ -126,7 +135,8 @@ def append_exactly_once(
                 app_transactions=[Transaction(run_app_id(run_id), last_timestep)],
             ),
         )
-        table = open_table(path)
+        # Writing through a handle moves it to the new version; a first write created the table.
+        table = table if table is not None else open_table(path)
         return table.version() if table is not None else None
 
 
