@@ -43,6 +43,9 @@ class WriteAheadLog:
         self._current: Path | None = None
         # last timestep in each segment, so committed segments can be dropped without reading them
         self._last_step: dict[Path, int] = {}
+        # (timestep of a line read, byte offset just after it) per segment: draining a long backlog
+        # chunk by chunk then reads each line once instead of re-reading the segment from its start
+        self._resume: dict[Path, tuple[int, int]] = {}
 
     def append(self, timestep: int, timestamp_us: int, results: dict[str, Any]) -> None:
         """Write one snapshot and fsync it; returns only once it is durable."""
@@ -72,12 +75,18 @@ class WriteAheadLog:
             last = self._last_step.get(segment)
             if last is not None and last <= after_timestep:
                 continue
-            for entry in self._read_segment(segment):
+            # Timesteps only grow within the log, so every line before a remembered position that
+            # is not after ``after_timestep`` can be skipped unread.
+            resume = self._resume.get(segment)
+            start = resume[1] if resume is not None and resume[0] <= after_timestep else 0
+            for entry in self._read_segment(segment, start):
                 if entry.timestep > after_timestep:
                     yield entry
 
-    def _read_segment(self, segment: Path) -> Iterator[WalEntry]:
+    def _read_segment(self, segment: Path, start: int = 0) -> Iterator[WalEntry]:
         with segment.open("rb") as handle:
+            handle.seek(start)
+            offset = start
             for raw in handle:
                 if not raw.endswith(b"\n"):
                     break  # torn tail: never acknowledged
@@ -85,7 +94,9 @@ class WriteAheadLog:
                     item = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     break
+                offset += len(raw)
                 self._last_step[segment] = max(self._last_step.get(segment, -1), item["t"])
+                self._resume[segment] = (item["t"], offset)
                 yield WalEntry(item["t"], item["ts"], item["r"])
 
     def release_through(self, timestep: int) -> int:
@@ -103,6 +114,7 @@ class WriteAheadLog:
                     self._current = None
                 segment.unlink()
                 self._last_step.pop(segment, None)
+                self._resume.pop(segment, None)
                 removed += 1
         if removed:
             self._fsync_dir()
