@@ -22,6 +22,8 @@ from tasks import delta_tables
 
 __all__ = ["append_run_record", "code_version", "latest_run", "read_runs", "runs_path"]
 
+REGISTRY_FILES_BEFORE_COMPACTION = 32
+
 
 def runs_path(root: Path, execution_mode: str) -> Path:
     return delta_tables.table_path(root, execution_mode, "runs")
@@ -80,7 +82,11 @@ def append_run_record(
     table = pa.Table.from_pylist([record], schema=RUNS_SCHEMA)
     path = runs_path(root, execution_mode)
     with delta_tables.storage_errors("append run record", path):
-        delta_tables.write_plain(path, table)
+        # Partitioned by run: a run's current state is read from its own files only, however many
+        # runs (or minutes of a live run) the registry has seen.
+        delta_tables.write_plain(path, table, partitioned=True)
+    # Every record is a file; a live run gains one per collection, so merge them now and then.
+    delta_tables.compact_small_partition(path, run_id, min_files=REGISTRY_FILES_BEFORE_COMPACTION)
 
 
 def read_runs(root: Path, execution_mode: str, *, history: bool = False) -> pd.DataFrame:
@@ -96,10 +102,13 @@ def read_runs(root: Path, execution_mode: str, *, history: bool = False) -> pd.D
 
 def latest_run(root: Path, execution_mode: str, run_id: str) -> dict[str, Any] | None:
     """The current state of one run, or None if the registry has never seen it."""
-    frame = read_runs(root, execution_mode, history=True)
-    rows = frame[frame["run_id"] == run_id]
+    path = runs_path(root, execution_mode)
+    if not delta_tables.table_exists(path):
+        return None
+    rows = delta_tables.read(path, run_id=run_id).to_pandas()
     if rows.empty:
         return None
+    rows = rows.sort_values("recorded_at", ascending=False, kind="stable")
     record = {k: (None if _missing(v) else v) for k, v in rows.iloc[0].to_dict().items()}
     record["row_counts"] = orjson.loads(record["row_counts_json"])
     record["table_versions"] = orjson.loads(record["table_versions_json"])

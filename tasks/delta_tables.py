@@ -24,6 +24,7 @@ __all__ = [
     "append_exactly_once",
     "committed_txn_version",
     "compact_run",
+    "compact_small_partition",
     "count_rows",
     "data_files",
     "delete_run",
@@ -175,9 +176,23 @@ def overwrite_run(
         return table.version()
 
 
-def write_plain(path: Path, data: pa.Table) -> None:
-    """Append without partitioning or app transaction: for small append-only ledgers."""
-    write_deltalake(str(path), data, mode="append")
+def write_plain(path: Path, data: pa.Table, *, partitioned: bool = False) -> None:
+    """Append without an app transaction: for small append-only ledgers (optionally by run_id)."""
+    write_deltalake(str(path), data, mode="append", partition_by=[PARTITION_COLUMN] if partitioned else None)
+
+
+def compact_small_partition(path: Path, run_id: str, *, min_files: int) -> bool:
+    """Merge one run's partition of a small ledger once it has ``min_files`` files or more."""
+    with storage_errors("optimize", path):
+        table = open_table(path)
+        if table is None:
+            return False
+        partition = [(PARTITION_COLUMN, "=", run_id)]
+        files = table.to_pyarrow_dataset(file_pruning_predicate=partition).files  # type: ignore[attr-defined]
+        if len(files) < min_files:
+            return False
+        table.optimize.compact(partition_filters=partition)  # type: ignore[arg-type]
+        return True
 
 
 def delete_run(path: Path, run_id: str) -> dict[str, Any]:
