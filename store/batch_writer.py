@@ -300,9 +300,11 @@ class BatchWriter:
             delta_tables.compact_run(path, self.run_id, compression=self.settings.compression)
             return len(delta_tables.data_files(path, run_id=self.run_id))
 
-        # Tables are independent and delta-rs works outside the GIL: compact them side by side.
-        futures = {name: self._pool.submit(compact_one, path) for name, path in self.table_paths.items()}
-        return {name: future.result() for name, future in futures.items()}
+        # Tables are independent and delta-rs works outside the GIL: compact them side by side,
+        # the raw payloads first because they take longest (1.4 s of 3.6 s for a 1-year run).
+        order = sorted(self.table_paths, key=lambda name: name != RAW_SNAPSHOTS)
+        futures = {name: self._pool.submit(compact_one, self.table_paths[name]) for name in order}
+        return {name: futures[name].result() for name in self.table_paths}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
