@@ -58,6 +58,21 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
+# Prefect's server answers 503 while SQLite is locked by a concurrent writer (the worker and the
+# flow run write states, logs and events at the same time); Prefect's own client retries 429/502/503
+# with backoff, and so does this test, the way a person clicks Run again.
+_RETRY_STATUS = {429, 502, 503}
+
+
+def _api(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    for attempt in range(8):
+        response = httpx.request(method, url, timeout=10, **kwargs)
+        if response.status_code not in _RETRY_STATUS:
+            return response
+        time.sleep(min(0.5 * 2**attempt, 8))
+    return response
+
+
 def _tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else f"(no {path.name})"
 
@@ -111,7 +126,7 @@ def _prefect(args: list[str], env: dict[str, str]) -> str:
 def _wait_for(api: str, flow_run_id: str, worker_log: Path, timeout: float = 180) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run: dict[str, Any] = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
+        run: dict[str, Any] = _api("GET", f"{api}/flow_runs/{flow_run_id}").json()
         if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             return run
         time.sleep(1)
@@ -120,8 +135,7 @@ def _wait_for(api: str, flow_run_id: str, worker_log: Path, timeout: float = 180
 
 def _run_button(api: str, deployment_id: str, parameters: dict[str, Any]) -> str:
     """What the UI's Run button sends: the deployment's create_flow_run with the form's parameters."""
-    response = httpx.post(f"{api}/deployments/{deployment_id}/create_flow_run", json={"parameters": parameters},
-                          timeout=10)
+    response = _api("POST", f"{api}/deployments/{deployment_id}/create_flow_run", json={"parameters": parameters})
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
@@ -133,8 +147,8 @@ def test_deploy_all_registers_every_deployment_with_its_schedule_and_limits(pref
     _prefect(["--no-prompt", "deploy", "--all"], env)
 
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    deployed = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
-    flows = {f["id"]: f["name"] for f in httpx.post(f"{api}/flows/filter", json={}, timeout=10).json()}
+    deployed = _api("POST", f"{api}/deployments/filter", json={}).json()
+    flows = {f["id"]: f["name"] for f in _api("POST", f"{api}/flows/filter", json={}).json()}
     by_name = {f"{flows[d['flow_id']]}/{d['name']}": d for d in deployed}
     assert len(by_name) == len(spec["deployments"]) == 8
     for name in ("backtest-results/on-demand", "backtest-inbox/every-5-minutes", "live-snapshots/every-minute",
@@ -170,7 +184,7 @@ def test_a_rerun_triggered_like_the_ui_run_button_writes_a_new_version_with_line
     worker_log = tmp_path / "worker.log"
     worker = _start([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"], env, worker_log)
     try:
-        deployment = httpx.get(f"{api}/deployments/name/rerun-results/on-demand", timeout=10).json()
+        deployment = _api("GET", f"{api}/deployments/name/rerun-results/on-demand").json()
         lean = ["balance_sheet", "pnl_attribution", "risk_metrics", "execution_log", "leverage_tracking"]
 
         # A new run: lineage parent = desk-1.
@@ -199,8 +213,7 @@ def test_a_rerun_triggered_like_the_ui_run_button_writes_a_new_version_with_line
         old = read_table(tmp_path, "backtest", "dust_tracking", run_id="desk-1", version=dust_before)
         assert old.num_rows == 96 * 3
 
-        artifacts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["rerun-desk-1"]}}},
-                               timeout=10).json()
+        artifacts = _api("POST", f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["rerun-desk-1"]}}}).json()
         assert artifacts and "version after" in artifacts[0]["data"]
     finally:
         _stop(worker)
