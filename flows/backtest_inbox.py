@@ -35,9 +35,9 @@ from prefect.cache_policies import NO_CACHE
 
 from engine.jsonl import read_jsonl
 from flows.backtest_results import backtest_results
-from flows.common import ModeName, markdown_table, publish_markdown, resolve_data_dir
+from flows.common import markdown_table, publish_markdown, resolve_data_dir
 from schemas.errors import ComponentError
-from schemas.modes import MODE_NAMES
+from schemas.modes import MODE_NAMES, ModeName
 from store.run_lock import RunLock
 from store.runs import latest_run
 from tasks import delta_tables

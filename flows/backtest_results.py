@@ -23,9 +23,9 @@ from prefect.states import State
 
 from engine.jsonl import read_jsonl
 from engine.reference import ReferenceEngine
-from flows.common import ModeName, publish_run_summary, resolve_data_dir
+from flows.common import publish_run_summary, resolve_data_dir
 from schemas.errors import ComponentError
-from schemas.modes import load_mode
+from schemas.modes import ModeName, load_mode
 from schemas.settings import load_settings
 from store.drive import feed
 from store.results_store import ResultsStore

@@ -18,7 +18,6 @@ from tasks import delta_tables
 
 __all__ = [
     "ExecutionModeName",
-    "ModeName",
     "artifact_key",
     "publish_markdown",
     "publish_run_summary",
@@ -26,17 +25,7 @@ __all__ = [
     "resolve_data_dir",
 ]
 
-# Literals rather than str, so a deployment's Run form offers a drop-down; a test keeps this in step
-# with schemas.modes.MODE_NAMES.
-ModeName = Literal[
-    "pure_lending",
-    "btc_basis",
-    "eth_basis",
-    "eth_staking_only",
-    "eth_leveraged",
-    "usdt_market_neutral_no_leverage",
-    "usdt_market_neutral",
-]
+# A Literal rather than str, so a deployment's Run form offers a drop-down.
 ExecutionModeName = Literal["backtest", "live"]
 
 

@@ -23,8 +23,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from engine.live_source import LiveSource, ReferenceLiveSource
-from flows.common import ModeName, publish_run_summary, resolve_data_dir
-from schemas.modes import load_mode
+from flows.common import publish_run_summary, resolve_data_dir
+from schemas.modes import ModeName, load_mode
 from schemas.settings import load_settings
 from store.drive import feed
 from store.results_store import ResultsStore

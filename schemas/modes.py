@@ -23,6 +23,7 @@ from schemas.result_types import ALWAYS_STORED, ResultType
 __all__ = [
     "MODE_NAMES",
     "ModeConfig",
+    "ModeName",
     "ResultsStoreConfig",
     "StorageConfig",
     "StrategyConfig",
@@ -33,7 +34,9 @@ __all__ = [
     "modes_dir",
 ]
 
-MODE_NAMES: tuple[str, ...] = (
+# A Literal rather than str, so Prefect's Run form offers a drop-down of exactly these; the tuple
+# of names is derived from it.
+ModeName = Literal[
     "pure_lending",
     "btc_basis",
     "eth_basis",
@@ -41,7 +44,8 @@ MODE_NAMES: tuple[str, ...] = (
     "eth_leveraged",
     "usdt_market_neutral_no_leverage",
     "usdt_market_neutral",
-)
+]
+MODE_NAMES: tuple[str, ...] = get_args(ModeName)
 
 ExecutionMode = Literal["backtest", "live"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]

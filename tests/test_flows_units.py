@@ -20,12 +20,12 @@ from prefect.utilities.callables import parameter_schema
 from engine.reference import ReferenceEngine
 from flows.backtest_inbox import _append_ledger, finished_files, mode_and_run, move_aside, read_ledger
 from flows.backtest_results import _retry_if_transient
-from flows.common import ModeName, artifact_key, markdown_table
+from flows.common import artifact_key, markdown_table
 from flows.maintenance import retention_plan, run_row_audit
 from flows.prefect_env import configure_prefect
 from flows.rerun_results import lineage_report
 from schemas.errors import ComponentError
-from schemas.modes import MODE_NAMES, load_mode
+from schemas.modes import MODE_NAMES, ModeName, load_mode, modes_dir
 from store.drive import run_snapshots
 from store.summary import RunSummary
 
@@ -35,7 +35,8 @@ FLOW_MODULES = ["flows.backtest_results", "flows.backtest_inbox", "flows.live_sn
 
 
 def test_the_mode_drop_down_offers_exactly_the_configured_modes():
-    assert get_args(ModeName) == MODE_NAMES
+    assert sorted(get_args(ModeName)) == sorted(path.stem for path in modes_dir().glob("*.yaml"))
+    assert len(MODE_NAMES) == 7
 
 
 def test_artifact_keys_are_lowercase_dashes():
