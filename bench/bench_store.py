@@ -9,7 +9,8 @@ Prints, in one process run:
 - baseline B, the raw floor (the same flatten + bare pyarrow.parquet writes; no validation, no
   Delta); target: the store >= 0.5x it,
 - commits and data files per table after finalize,
-- peak RSS of the store alone for 1 month and for 1 year, each in a fresh subprocess
+- peak RSS of the store alone for 1 month and for 1 year, each in a fresh subprocess with the
+  allocator environment of the CLI and the deployments (ALLOCATOR_ENV below)
   (targets <= 400 MB and year/month <= 1.3).
 
 Run: ``.venv/bin/python bench/bench_store.py`` (add ``--steps 100000`` for a quicker look).
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -31,9 +33,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import pyarrow.parquet as pq
+# The allocator settings the CLI and the deployments run the store with (store/allocators.py);
+# glibc reads MALLOC_ARENA_MAX at process start, so the RSS children get it in their environment.
+ALLOCATOR_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2"}
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", ALLOCATOR_ENV["ARROW_DEFAULT_MEMORY_POOL"])
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -154,7 +161,7 @@ def _floor_write(tables: dict[Any, Any], writers: dict[str, pq.ParquetWriter], o
 def rss_child(steps: int) -> dict[str, Any]:
     """Run the store alone in a fresh interpreter and read its peak RSS."""
     proc = subprocess.run([sys.executable, __file__, "--rss-child", str(steps)], capture_output=True, text=True,
-                          check=True, cwd=ROOT)
+                          check=True, cwd=ROOT, env={**os.environ, **ALLOCATOR_ENV})
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

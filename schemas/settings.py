@@ -69,6 +69,11 @@ class StoreSettings(BaseSettings):
         False, validation_alias=_env("RESULTS_STORE_STRICT", "strict"),
         description="fail the run on the first invalid row instead of quarantining it",
     )
+    tune_allocators: bool = Field(
+        True, validation_alias=_env("RESULTS_STORE_TUNE_ALLOCATORS", "tune_allocators"),
+        description="put Arrow on the system allocator and cap malloc arenas at 2 (process-wide; "
+                    "~220 MB less peak memory on a month-long backtest)",
+    )
 
     @property
     def root(self) -> Path:

@@ -27,6 +27,7 @@ from schemas.errors import ComponentError
 from schemas.modes import ModeConfig, config_hash
 from schemas.result_types import ResultType
 from schemas.settings import StoreSettings, load_settings
+from store.allocators import tune_allocators
 from store.batch_writer import (
     QUARANTINE,
     RAW_SNAPSHOTS,
@@ -144,6 +145,7 @@ class ResultsStore:
         if self._running:
             return self.get_storage_status()
         self._t0 = time.perf_counter()
+        allocators = tune_allocators() if self.settings.tune_allocators else {}
         await asyncio.to_thread(self._lock.acquire)
         try:
             self._batch_writer = await asyncio.to_thread(self._open_writer)
@@ -160,6 +162,7 @@ class ResultsStore:
             "batch_size": self.settings.commit_batch_size,
             "config_hash": config_hash(self.config),
             "resume_after_timestep": self._watermark,
+            "allocators": allocators,
         })
         if self._live:
             self._wal = WriteAheadLog(self.root / "live" / "_wal" / self.run_id)

@@ -29,12 +29,8 @@ from schemas.result_types import ResultType
 from store.reading import read_table, table_version
 from store.runs import latest_run
 
-pytestmark = [
-    pytest.mark.usefixtures("prefect_harness"),
-    # Prefect's engine leaves keep-alive HTTP connections to the harness server for the garbage
-    # collector to close (its sync client in prefect/_internal/concurrency); they are not ours.
-    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
-]
+# Prefect's leaked keep-alive sockets are filtered for the whole suite in pyproject.toml.
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 async def _artifacts(*keys: str) -> dict[str, Any]:

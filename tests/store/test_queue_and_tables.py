@@ -212,3 +212,21 @@ async def test_two_runs_writing_the_same_tables_at_once_each_keep_all_their_rows
         assert sorted(raw.column("timestep").to_pylist()) == list(range(400))
         per_step = read_table(tmp_path, "backtest", "delta_tracking", run_id=f"side-{i}")
         assert per_step.num_rows == 400
+
+
+async def test_the_store_puts_arrow_on_the_system_allocator_and_says_so(tmp_path, mn_mode, monkeypatch):
+    import pyarrow as pa
+
+    from store.allocators import tune_allocators
+
+    monkeypatch.delenv("RESULTS_STORE_TUNE_ALLOCATORS", raising=False)
+    store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="alloc", settings=_settings(mn_mode, tmp_path))
+    async with store:
+        await feed(store, snapshots(mn_mode, 3))
+    assert pa.default_memory_pool().backend_name == "system"
+    events = [orjson.loads(line) for line in event_log_path(tmp_path).read_text().splitlines()]
+    init = next(e for e in events if e["event_type"] == "component_initialization")
+    assert init["data"]["allocators"] == tune_allocators()  # what this process applied, once
+
+    monkeypatch.setenv("RESULTS_STORE_TUNE_ALLOCATORS", "false")
+    assert _settings(mn_mode, tmp_path).tune_allocators is False
