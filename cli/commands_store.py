@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import orjson
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -50,10 +51,14 @@ def _list_runs(root, execution_mode: str) -> None:  # type: ignore[no-untyped-de
     for col in ("run_id", "mode", "status", "started", "finished", "parent", "note"):
         table.add_column(col)
     for r in runs.to_dict("records"):
-        table.add_row(r["run_id"], r["mode"], r["status"], str(r["started_at"])[:19],
-                      str(r["finished_at"])[:19] if r["finished_at"] is not None else "",
-                      r["parent_run_id"] or "", r["note"])
+        table.add_row(_cell(r["run_id"]), _cell(r["mode"]), _cell(r["status"]), _cell(r["started_at"])[:19],
+                      _cell(r["finished_at"])[:19], _cell(r["parent_run_id"]), _cell(r["note"]))
     console.print(table)
+
+
+def _cell(value: object) -> str:
+    """A registry value as table text: missing values (None, NaN, NaT from pandas) are blank."""
+    return "" if value is None or pd.isna(value) else str(value)  # type: ignore[call-overload]
 
 
 def _show_run(root, execution_mode: str, run_id: str) -> None:  # type: ignore[no-untyped-def]
