@@ -2,7 +2,7 @@
 
 ``prepare`` is CPU work (flatten, validate, serialise the raw payload), GIL-bound, so the store
 runs it where it competes least with the engine; ``commit`` writes every table of the run in
-parallel (delta-rs releases the GIL) with retries and a timeout per table. Each table's commit
+parallel (pyarrow and delta-rs work outside the GIL) with retries and a timeout per table. Each table's commit
 carries the batch's last timestep as its application-transaction version, so a retried or
 replayed batch is a no-op for tables that already have it.
 """
