@@ -86,7 +86,7 @@ def append_run_record(
         # runs (or minutes of a live run) the registry has seen.
         delta_tables.write_plain(path, table, partitioned=True)
     # Every record is a file; a live run gains one per collection, so merge them now and then.
-    delta_tables.compact_small_partition(path, run_id, min_files=REGISTRY_FILES_BEFORE_COMPACTION)
+    delta_tables.compact_run(path, run_id, min_files=REGISTRY_FILES_BEFORE_COMPACTION)
 
 
 def read_runs(root: Path, execution_mode: str, *, history: bool = False) -> pd.DataFrame:

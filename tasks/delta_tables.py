@@ -30,7 +30,6 @@ __all__ = [
     "append_exactly_once",
     "committed_txn_version",
     "compact_run",
-    "compact_small_partition",
     "count_rows",
     "data_files",
     "delete_run",
@@ -231,20 +230,6 @@ def write_plain(path: Path, data: pa.Table, *, partitioned: bool = False) -> Non
     write_deltalake(str(path), data, mode="append", partition_by=[PARTITION_COLUMN] if partitioned else None)
 
 
-def compact_small_partition(path: Path, run_id: str, *, min_files: int) -> bool:
-    """Merge one run's partition of a small ledger once it has ``min_files`` files or more."""
-    with storage_errors("optimize", path):
-        table = open_table(path)
-        if table is None:
-            return False
-        partition = [(PARTITION_COLUMN, "=", run_id)]
-        files = table.to_pyarrow_dataset(file_pruning_predicate=partition).files  # type: ignore[attr-defined]
-        if len(files) < min_files:
-            return False
-        table.optimize.compact(partition_filters=partition)  # type: ignore[arg-type]
-        return True
-
-
 def delete_run(path: Path, run_id: str) -> dict[str, Any]:
     """Delete one run's rows (a new version; files go only when vacuumed)."""
     with storage_errors("delete", path):
@@ -295,21 +280,21 @@ def history(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     return [] if table is None else table.history(limit)
 
 
-def compact_run(path: Path, run_id: str, *, compression: Codec = "zstd") -> dict[str, Any]:
-    """Merge one run's files (Delta optimize), so a finished run has few, large files."""
+def compact_run(path: Path, run_id: str, *, compression: Codec = "zstd", min_files: int = 2) -> dict[str, Any]:
+    """Merge one run's files (Delta optimize) once it has ``min_files`` or more, so a run has few, large files."""
     with storage_errors("optimize", path):
         table = open_table(path)
         if table is None:
             return {}
         partition = [(PARTITION_COLUMN, "=", run_id)]
         files = table.to_pyarrow_dataset(file_pruning_predicate=partition).files  # type: ignore[attr-defined]
-        if len(files) <= 1:
+        if len(files) < min_files:
             return {"numFilesAdded": 0, "numFilesRemoved": 0}
         return table.optimize.compact(
             partition_filters=partition,  # type: ignore[arg-type]
             target_size=TARGET_FILE_BYTES,
             writer_properties=_writer_properties(compression),
-            commit_properties=CommitProperties(custom_metadata={"run_id": run_id, "results_store_step": "finalize"}),
+            commit_properties=CommitProperties(custom_metadata={"run_id": run_id, "results_store_step": "compact"}),
         )
 
 
