@@ -33,17 +33,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
 # The allocator settings the CLI and the deployments run the store with (store/allocators.py);
 # glibc reads MALLOC_ARENA_MAX at process start, so the RSS children get it in their environment.
-ALLOCATOR_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2"}
+from store.allocators import ALLOCATOR_ENV  # noqa: E402
+
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", ALLOCATOR_ENV["ARROW_DEFAULT_MEMORY_POOL"])
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from engine.reference import ReferenceEngine  # noqa: E402
 from schemas.modes import load_mode  # noqa: E402

@@ -19,17 +19,22 @@ import ctypes
 import ctypes.util
 import sys
 
-import pyarrow as pa
+__all__ = ["ALLOCATOR_ENV", "tune_allocators"]
 
-__all__ = ["tune_allocators"]
+# The same settings as environment variables, for entry points that set them before pyarrow loads
+# (cli/__init__.py, the bench's RSS children; prefect.yaml's job variables, checked by a test).
+# This module imports pyarrow only inside tune_allocators() so that those can import it first.
+ALLOCATOR_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2"}
 
 _M_ARENA_MAX = -8  # glibc's mallopt() parameter number for the arena limit
-_ARENAS = 2
+_ARENAS = int(ALLOCATOR_ENV["MALLOC_ARENA_MAX"])
 _applied: dict[str, str] | None = None
 
 
 def tune_allocators() -> dict[str, str]:
     """Put Arrow on the system allocator and cap glibc's malloc arenas; returns what was set."""
+    import pyarrow as pa
+
     global _applied
     if _applied is not None:
         return _applied

@@ -26,6 +26,7 @@ from flows.prefect_env import configure_prefect
 from flows.rerun_results import lineage_report
 from schemas.errors import ComponentError
 from schemas.modes import MODE_NAMES, ModeName, load_mode, modes_dir
+from store.allocators import ALLOCATOR_ENV
 from store.drive import run_snapshots
 from store.summary import RunSummary
 
@@ -175,6 +176,10 @@ def test_prefect_yaml_deploys_every_flow_on_the_process_pool():
     nightly = [by_entry[n]["schedules"][0]["cron"] for n in ("checksum", "backup", "audit_results", "retention")]
     assert len(set(nightly)) == 4  # staggered
     assert spec["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $PWD }}"
+    # Flow-run processes start with the store's allocator settings (glibc reads them only at start).
+    for deployment in deployments:
+        env = deployment["work_pool"]["job_variables"]["env"]
+        assert {k: env[k] for k in ALLOCATOR_ENV} == ALLOCATOR_ENV
 
 
 def test_configure_prefect_sets_offline_defaults_before_prefect_loads(tmp_path):
