@@ -5,7 +5,7 @@ Prints, best of ``--repeat`` runs: flatten (timesteps/s; target >= 40k on 2 core
 end-to-end figure of bench_store.py can be read against what bounds it.
 
 Snapshots come from the reference engine (one simulated day, replayed with fresh timesteps and
-timestamps); without ``engine.reference`` a hand-built snapshot of the same shape is used.
+timestamps); without ``results_store.simulator.reference`` a hand-built snapshot of the same shape is used.
 
 Run: ``.venv/bin/python bench/bench_flatten.py [--steps 20000] [--repeat 5]``
 """
@@ -24,9 +24,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from results_store.flatten import SnapshotItem, flatten_batch
+from results_store.validate import validate_table
 from schemas.modes import ModeConfig, load_mode
-from tasks.flatten import SnapshotItem, flatten_batch
-from tasks.validate import validate_table
 
 MODE = "usdt_market_neutral"
 POOL = 1_440  # one simulated day of distinct snapshots
@@ -70,7 +70,7 @@ def _hand_built() -> dict[str, Any]:
 def build_pool(mode: ModeConfig) -> tuple[str, list[dict[str, Any]]]:
     """One day of distinct snapshots, and where they came from."""
     try:
-        from engine.reference import ReferenceEngine
+        from results_store.simulator.reference import ReferenceEngine
     except ImportError:
         return "hand-built snapshot", [_hand_built()]
     engine = ReferenceEngine(mode, "2024-01-01", "2024-01-02", "1min", seed=1)

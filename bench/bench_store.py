@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 # The allocator settings the CLI and the deployments run the store with (store/allocators.py);
 # glibc reads MALLOC_ARENA_MAX at process start, so the RSS children get it in their environment.
-from store.allocators import ALLOCATOR_ENV  # noqa: E402
+from results_store.allocators import ALLOCATOR_ENV  # noqa: E402
 
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", ALLOCATOR_ENV["ARROW_DEFAULT_MEMORY_POOL"])
 
@@ -46,12 +46,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from engine.reference import ReferenceEngine  # noqa: E402
+from results_store import delta_tables  # noqa: E402
+from results_store.flatten import SnapshotItem, flatten_batch  # noqa: E402
+from results_store.simulator.reference import ReferenceEngine  # noqa: E402
+from results_store.store import ResultsStore  # noqa: E402
 from schemas.modes import load_mode  # noqa: E402
 from schemas.settings import load_settings  # noqa: E402
-from store.results_store import ResultsStore  # noqa: E402
-from tasks import delta_tables  # noqa: E402
-from tasks.flatten import SnapshotItem, flatten_batch  # noqa: E402
 
 MODE = "usdt_market_neutral"
 YEAR = 525_600

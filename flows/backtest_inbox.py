@@ -33,14 +33,14 @@ import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from engine.jsonl import read_jsonl
 from flows.backtest_results import backtest_results
 from flows.common import markdown_table, publish_markdown, resolve_data_dir
+from results_store import delta_tables
+from results_store.run_lock import RunLock
+from results_store.runs import latest_run
+from results_store.simulator.jsonl import read_jsonl
 from schemas.errors import ComponentError
 from schemas.modes import MODE_NAMES, ModeName
-from store.run_lock import RunLock
-from store.runs import latest_run
-from tasks import delta_tables
 
 __all__ = [
     "LEDGER_SCHEMA",

@@ -21,15 +21,15 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from engine.jsonl import read_jsonl
-from engine.reference import ReferenceEngine
 from flows.common import publish_run_summary, resolve_data_dir
+from results_store.drive import feed
+from results_store.simulator.jsonl import read_jsonl
+from results_store.simulator.reference import ReferenceEngine
+from results_store.store import ResultsStore
+from results_store.summary import RunSummary
 from schemas.errors import ComponentError
 from schemas.modes import ModeName, load_mode
 from schemas.settings import load_settings
-from store.drive import feed
-from store.results_store import ResultsStore
-from store.summary import RunSummary
 
 __all__ = ["ProgressHooks", "backtest_results", "report_progress", "store_snapshots"]
 

@@ -13,8 +13,8 @@ from prefect import task
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from store.summary import RunSummary
-from tasks import delta_tables
+from results_store import delta_tables
+from results_store.summary import RunSummary
 
 __all__ = [
     "ExecutionModeName",

@@ -22,13 +22,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from engine.live_source import LiveSource, ReferenceLiveSource
 from flows.common import publish_run_summary, resolve_data_dir
+from results_store.drive import feed
+from results_store.simulator.live_source import LiveSource, ReferenceLiveSource
+from results_store.store import ResultsStore
+from results_store.summary import RunSummary
 from schemas.modes import ModeName, load_mode
 from schemas.settings import load_settings
-from store.drive import feed
-from store.results_store import ResultsStore
-from store.summary import RunSummary
 
 __all__ = ["collect_live", "live_snapshots"]
 

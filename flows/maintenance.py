@@ -19,10 +19,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import ExecutionModeName, markdown_table, publish_markdown, resolve_data_dir
+from results_store import delta_tables
+from results_store.maintenance import audit_counts, backup_plan, verify_checksums
+from results_store.runs import read_runs
 from schemas.result_types import ResultType
-from store.runs import read_runs
-from tasks import delta_tables
-from tasks.maintenance import audit_counts, backup_plan, verify_checksums
 
 __all__ = [
     "AUDIT_NOT_CHECKED",

@@ -17,10 +17,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.common import ExecutionModeName, markdown_table, publish_markdown, publish_run_summary, resolve_data_dir
+from results_store.rerun import rederive_run_async
+from results_store.runs import latest_run
+from results_store.summary import RunSummary
 from schemas.result_types import ResultType
-from store.rerun import rederive_run_async
-from store.runs import latest_run
-from store.summary import RunSummary
 
 __all__ = ["lineage_report", "rerun_results"]
 

@@ -1,4 +1,4 @@
-"""Strategy-mode configuration: the YAML files under ``configs/modes/`` and their pydantic models.
+"""Strategy-mode configuration: the YAML files under ``schemas/mode_files/`` and their pydantic models.
 
 A mode file is the single source of truth for which result types a mode stores, which assets,
 venues and tokens its rows may name, its storage settings, and the parameters the reference
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -165,8 +166,12 @@ def config_hash(config: ModeConfig) -> str:
 
 
 def modes_dir() -> Path:
-    """The directory that holds the seven mode files (the repository's ``configs/modes``)."""
-    return Path(__file__).resolve().parent.parent / "configs" / "modes"
+    """The directory that holds the seven mode files: ``schemas/mode_files/``, shipped as package data.
+
+    Read through :mod:`importlib.resources`, so a wheel install finds them as an editable one does.
+    Packages install unzipped here, so the resource is a real directory and ``Path`` is safe.
+    """
+    return Path(str(resources.files("schemas").joinpath("mode_files")))
 
 
 def mode_path(mode: str, directory: Path | None = None) -> Path:

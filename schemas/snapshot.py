@@ -1,6 +1,6 @@
 """The contract of one timestep's component data, as an engine hands it to the store.
 
-The store never validates snapshots one by one on the engine's path: ``tasks.flatten`` reads the
+The store never validates snapshots one by one on the engine's path: ``results_store.flatten`` reads the
 raw dicts in bulk and only when a batch fails does it call :func:`explain_snapshot` to name the
 timestep and the path of the broken key. Unknown extra keys are allowed everywhere and survive in
 ``raw_snapshots``.

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.prefect_env import configure_prefect
+from results_store.prefect_env import configure_prefect
 
 
 def main() -> None:
@@ -43,10 +43,10 @@ def main() -> None:
     started = time.perf_counter()
     import pandas as pd
 
-    from engine.reference import ReferenceEngine
     from flows.backtest_results import backtest_results
+    from results_store.drive import run_snapshots_async
+    from results_store.simulator.reference import ReferenceEngine
     from schemas.modes import load_mode
-    from store.drive import run_snapshots_async
 
     imports_s = time.perf_counter() - started
     config = load_mode(args.mode)

@@ -1,0 +1,1 @@
+"""Prefect tasks: one verb, one side effect each, thin wrappers over the results_store library."""

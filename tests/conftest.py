@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from flows.prefect_env import configure_prefect
+from results_store.prefect_env import configure_prefect
 
 # Prefect reads its settings once, at import, and test modules import it at collection time:
 # this conftest is loaded before any of them, so it is the one place that configures Prefect.

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from engine.reference import ReferenceEngine
+from results_store.cli.main import app
+from results_store.drive import run_snapshots
+from results_store.rerun import rederive_run
+from results_store.simulator.reference import ReferenceEngine
 from schemas.modes import load_mode
-from store.drive import run_snapshots
-from store.rerun import rederive_run
 
 runner = CliRunner()
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from results_store import delta_tables
 from schemas.errors import ComponentError
-from tasks import delta_tables
 
 
 def _rows(run_id: str, steps: range) -> pa.Table:

@@ -20,16 +20,16 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from engine.jsonl import read_jsonl, write_jsonl
-from engine.live_source import ReferenceLiveSource
-from engine.reference import NO_DEBT_HEALTH_FACTOR, RECONCILIATION_TOLERANCE, ReferenceEngine
+from results_store.cli.main import app
+from results_store.flatten import SnapshotItem, flatten_batch
+from results_store.simulator.jsonl import read_jsonl, write_jsonl
+from results_store.simulator.live_source import ReferenceLiveSource
+from results_store.simulator.reference import NO_DEBT_HEALTH_FACTOR, RECONCILIATION_TOLERANCE, ReferenceEngine
+from results_store.validate import validate_table
 from schemas.errors import ComponentError
 from schemas.modes import MODE_NAMES, ModeConfig, load_mode
 from schemas.result_types import ResultType
 from schemas.snapshot import TimestepSnapshot
-from tasks.flatten import SnapshotItem, flatten_batch
-from tasks.validate import validate_table
 
 Snapshots = list[tuple[pd.Timestamp, dict[str, Any]]]
 LEVERAGED = ("eth_leveraged", "usdt_market_neutral")

@@ -11,11 +11,11 @@ import orjson
 import pandas as pd
 import pytest
 
+from results_store.flatten import SnapshotItem, flatten_batch, perp_base_asset
+from results_store.validate import validate_table
 from schemas.modes import MODE_NAMES, load_mode
 from schemas.result_types import ResultType
 from schemas.tables import arrow_schema
-from tasks.flatten import SnapshotItem, flatten_batch, perp_base_asset
-from tasks.validate import validate_table
 
 USDT_MN = load_mode("usdt_market_neutral")  # all eight result types
 
@@ -230,7 +230,7 @@ def test_perp_instruments_map_to_their_base_asset(instrument, base):
 
 
 def test_one_simulated_day_of_every_mode_flattens_and_validates_with_zero_quarantined_rows():
-    reference = pytest.importorskip("engine.reference", reason="engine not written yet")
+    reference = pytest.importorskip("results_store.simulator.reference")
     for mode_name in MODE_NAMES:
         mode = load_mode(mode_name)
         engine = reference.ReferenceEngine(mode, "2024-01-01", "2024-01-02", "1min", seed=11)

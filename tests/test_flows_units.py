@@ -17,18 +17,18 @@ from prefect import Flow, Task
 from prefect.states import Failed
 from prefect.utilities.callables import parameter_schema
 
-from engine.reference import ReferenceEngine
 from flows.backtest_inbox import _append_ledger, finished_files, mode_and_run, move_aside, read_ledger
 from flows.backtest_results import _retry_if_transient
 from flows.common import artifact_key, markdown_table
 from flows.maintenance import retention_plan, run_row_audit
-from flows.prefect_env import configure_prefect
 from flows.rerun_results import lineage_report
+from results_store.allocators import ALLOCATOR_ENV
+from results_store.drive import run_snapshots
+from results_store.prefect_env import configure_prefect
+from results_store.simulator.reference import ReferenceEngine
+from results_store.summary import RunSummary
 from schemas.errors import ComponentError
 from schemas.modes import MODE_NAMES, ModeName, load_mode, modes_dir
-from store.allocators import ALLOCATOR_ENV
-from store.drive import run_snapshots
-from store.summary import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW_MODULES = ["flows.backtest_results", "flows.backtest_inbox", "flows.live_snapshots", "flows.rerun_results",
@@ -185,7 +185,7 @@ def test_prefect_yaml_deploys_every_flow_on_the_process_pool():
 def test_configure_prefect_sets_offline_defaults_before_prefect_loads(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "DO_NOT_TRACK"}
     code = (
-        f"from flows.prefect_env import configure_prefect; configure_prefect({str(tmp_path)!r})\n"
+        f"from results_store.prefect_env import configure_prefect; configure_prefect({str(tmp_path)!r})\n"
         "from prefect.settings import get_current_settings as s\n"
         "c = s(); print(c.home, c.server.analytics_enabled, c.server.ephemeral.enabled, c.api.url)\n"
     )

@@ -22,11 +22,11 @@ import httpx
 import pytest
 import yaml
 
-from engine.reference import ReferenceEngine
+from results_store.drive import run_snapshots_async
+from results_store.reading import read_table, table_version
+from results_store.runs import latest_run
+from results_store.simulator.reference import ReferenceEngine
 from schemas.modes import MODE_NAMES, load_mode
-from store.drive import run_snapshots_async
-from store.reading import read_table, table_version
-from store.runs import latest_run
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

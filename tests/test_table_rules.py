@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from results_store.validate import validate_table
 from schemas.modes import load_mode
 from schemas.result_types import ResultType
 from schemas.tables import ROW_RULE_COLUMNS, TABLE_MODELS, arrow_schema, float_columns, mode_schema
-from tasks.validate import validate_table
 
 MODE = load_mode("usdt_market_neutral")  # stores all eight result types
 T0 = pd.Timestamp("2024-01-01", tz="UTC")

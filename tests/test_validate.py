@@ -10,12 +10,12 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from results_store.flatten import SnapshotItem, flatten_batch
+from results_store.validate import quarantine_rejected, validate_table
 from schemas.errors import ComponentError
 from schemas.modes import load_mode
 from schemas.result_types import ResultType
 from schemas.store_tables import QUARANTINE_SCHEMA
-from tasks.flatten import SnapshotItem, flatten_batch
-from tasks.validate import quarantine_rejected, validate_table
 
 MODE = load_mode("usdt_market_neutral")
 

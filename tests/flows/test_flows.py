@@ -16,18 +16,18 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from typer.testing import CliRunner
 
-from cli.main import app
-from engine.jsonl import write_jsonl
-from engine.reference import ReferenceEngine
 from flows.backtest_inbox import InboxFilesFailed, backtest_inbox, read_ledger
 from flows.backtest_results import backtest_results
 from flows.live_snapshots import live_snapshots
 from flows.maintenance import audit_results, backup, checksum, retention
 from flows.rerun_results import rerun_results
+from results_store.cli.main import app
+from results_store.reading import read_table, table_version
+from results_store.runs import latest_run
+from results_store.simulator.jsonl import write_jsonl
+from results_store.simulator.reference import ReferenceEngine
 from schemas.modes import load_mode
 from schemas.result_types import ResultType
-from store.reading import read_table, table_version
-from store.runs import latest_run
 
 # Prefect's leaked keep-alive sockets are filtered for the whole suite in pyproject.toml.
 pytestmark = pytest.mark.usefixtures("prefect_harness")

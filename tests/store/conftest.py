@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from engine.reference import ReferenceEngine
+from results_store import delta_tables
+from results_store.simulator.reference import ReferenceEngine
 from schemas.modes import ModeConfig, load_mode
-from tasks import delta_tables
 
 
 @pytest.fixture

@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.reference import ReferenceEngine
+from results_store.batch_writer import delta_table_writer
+from results_store.drive import feed
+from results_store.simulator.reference import ReferenceEngine
+from results_store.store import ResultsStore
 from schemas.modes import load_mode
 from schemas.settings import load_settings
-from store.batch_writer import delta_table_writer
-from store.drive import feed
-from store.results_store import ResultsStore
 
 
 def main() -> None:

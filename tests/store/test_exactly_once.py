@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from results_store.drive import run_snapshots_async
+from results_store.store import ResultsStore
 from schemas.modes import load_mode
 from schemas.settings import load_settings
-from store.drive import run_snapshots_async
-from store.results_store import ResultsStore
 from tests.store.conftest import fingerprint, snapshots
 
 ROOT = Path(__file__).resolve().parents[2]

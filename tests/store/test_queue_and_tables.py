@@ -10,14 +10,14 @@ from pathlib import Path
 import orjson
 import pytest
 
+from results_store.drive import feed
+from results_store.events import event_log_path
+from results_store.reading import read_table
+from results_store.runs import latest_run
+from results_store.store import ResultsStore
 from schemas.errors import ComponentError
 from schemas.modes import load_mode
 from schemas.settings import load_settings
-from store.drive import feed
-from store.events import event_log_path
-from store.reading import read_table
-from store.results_store import ResultsStore
-from store.runs import latest_run
 from tests.store.conftest import snapshots
 
 
@@ -217,7 +217,7 @@ async def test_two_runs_writing_the_same_tables_at_once_each_keep_all_their_rows
 async def test_the_store_puts_arrow_on_the_system_allocator_and_says_so(tmp_path, mn_mode, monkeypatch):
     import pyarrow as pa
 
-    from store.allocators import tune_allocators
+    from results_store.allocators import tune_allocators
 
     monkeypatch.delenv("RESULTS_STORE_TUNE_ALLOCATORS", raising=False)
     store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="alloc", settings=_settings(mn_mode, tmp_path))

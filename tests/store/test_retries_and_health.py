@@ -9,13 +9,13 @@ from typing import Any
 import orjson
 import pytest
 
+from results_store.batch_writer import delta_table_writer
+from results_store.drive import feed
+from results_store.events import event_log_path
+from results_store.reading import read_table
+from results_store.store import ResultsStore
 from schemas.errors import ComponentError
 from schemas.settings import load_settings
-from store.batch_writer import delta_table_writer
-from store.drive import feed
-from store.events import event_log_path
-from store.reading import read_table
-from store.results_store import ResultsStore
 from tests.store.conftest import snapshots
 
 

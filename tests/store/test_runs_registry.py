@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from store.runs import REGISTRY_FILES_BEFORE_COMPACTION, append_run_record, latest_run, read_runs, runs_path
-from tasks import delta_tables
+from results_store import delta_tables
+from results_store.runs import REGISTRY_FILES_BEFORE_COMPACTION, append_run_record, latest_run, read_runs, runs_path
 
 
 def _record(root: Path, run_id: str, status: str, rows: int) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-import store.wal as wal_module
-from store.wal import WriteAheadLog
+import results_store.wal as wal_module
+from results_store.wal import WriteAheadLog
 
 
 def _fill(wal: WriteAheadLog, steps: range) -> None:

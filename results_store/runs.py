@@ -17,8 +17,8 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
+from results_store import delta_tables
 from schemas.store_tables import RUNS_SCHEMA
-from tasks import delta_tables
 
 __all__ = ["append_run_record", "code_version", "latest_run", "read_runs", "runs_path"]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from results_store import delta_tables
 from schemas.result_types import ResultType
-from tasks import delta_tables
 
 __all__ = ["audit_counts", "backup_plan", "retention_candidates", "verify_checksums"]
 
@@ -64,7 +64,7 @@ def audit_counts(root: Path, execution_mode: str) -> dict[str, Any]:
 
 def retention_candidates(root: Path, execution_mode: str, retention_days: int) -> dict[str, Any]:
     """Runs finished before the retention window, and files vacuum would remove (dry run only)."""
-    from store.runs import read_runs
+    from results_store.runs import read_runs
 
     runs = read_runs(root, execution_mode)
     cutoff = datetime.now(UTC) - timedelta(days=retention_days)

@@ -21,17 +21,17 @@ import pandas as pd
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from results_store import delta_tables
+from results_store.batch_writer import QUARANTINE, RAW_SNAPSHOTS, BatchWriter
+from results_store.runs import append_run_record, latest_run
+from results_store.store import ResultsStore
+from results_store.summary import RunSummary
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig, config_hash
 from schemas.result_types import ResultType
 from schemas.settings import load_settings
 from schemas.store_tables import QUARANTINE_SCHEMA
 from schemas.tables import arrow_schema
-from store.batch_writer import QUARANTINE, RAW_SNAPSHOTS, BatchWriter
-from store.results_store import ResultsStore
-from store.runs import append_run_record, latest_run
-from store.summary import RunSummary
-from tasks import delta_tables
 
 __all__ = ["OVERRIDABLE", "apply_overrides", "iter_raw_snapshots", "rederive_run", "rederive_run_async"]
 

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cli.options import DataDir, Mode, RunId
-from flows.prefect_env import configure_prefect
+from results_store.cli.options import DataDir, Mode, RunId
+from results_store.prefect_env import configure_prefect
 from schemas.errors import ComponentError
 
 console = Console()

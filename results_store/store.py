@@ -23,12 +23,9 @@ from typing import Any
 
 import pandas as pd
 
-from schemas.errors import ComponentError
-from schemas.modes import ModeConfig, config_hash
-from schemas.result_types import ResultType
-from schemas.settings import StoreSettings, load_settings
-from store.allocators import tune_allocators
-from store.batch_writer import (
+from results_store import delta_tables
+from results_store.allocators import tune_allocators
+from results_store.batch_writer import (
     QUARANTINE,
     RAW_SNAPSHOTS,
     BatchWriter,
@@ -37,14 +34,17 @@ from store.batch_writer import (
     TableWriter,
     delta_table_writer,
 )
-from store.events import EventLog
-from store.health import HealthTracker
-from store.run_lock import RunLock
-from store.runs import append_run_record, latest_run, read_runs
-from store.summary import RunSummary
-from store.wal import WriteAheadLog
-from tasks import delta_tables
-from tasks.flatten import to_micros
+from results_store.events import EventLog
+from results_store.flatten import to_micros
+from results_store.health import HealthTracker
+from results_store.run_lock import RunLock
+from results_store.runs import append_run_record, latest_run, read_runs
+from results_store.summary import RunSummary
+from results_store.wal import WriteAheadLog
+from schemas.errors import ComponentError
+from schemas.modes import ModeConfig, config_hash
+from schemas.result_types import ResultType
+from schemas.settings import StoreSettings, load_settings
 
 __all__ = ["ResultsStore"]
 
@@ -543,7 +543,7 @@ class ResultsStore:
 
     async def retrieve_results(self, query: dict[str, Any]) -> list[dict[str, Any]]:
         """Rows of one table: ``{"result_type": ..., "run_id": ... (default this run), "version": ...}``."""
-        from store.reading import read_table
+        from results_store.reading import read_table
 
         table = str(query.get("result_type", ""))
         if table not in self.table_paths:

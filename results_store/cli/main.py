@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli import commands_engine, commands_flows, commands_store
+from results_store.cli import commands_engine, commands_flows, commands_store
 from schemas.errors import ComponentError
 from schemas.modes import load_all_modes
 from schemas.result_types import ResultType

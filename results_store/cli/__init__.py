@@ -1,8 +1,8 @@
-"""The ``results-store`` command line (``cli.main``)."""
+"""The ``results-store`` command line (``results_store.cli.main``)."""
 
 import os
 
-from store.allocators import ALLOCATOR_ENV
+from results_store.allocators import ALLOCATOR_ENV
 
 # pyarrow picks its memory pool when it loads, before the store could switch it: see
 # store/allocators.py for what this saves. (malloc's arena limit the store sets at run time.)

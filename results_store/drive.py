@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from results_store.store import ResultsStore
+from results_store.summary import RunSummary
 from schemas.modes import ModeConfig
 from schemas.settings import StoreSettings
-from store.results_store import ResultsStore
-from store.summary import RunSummary
 
 __all__ = ["feed", "run_snapshots", "run_snapshots_async"]
 

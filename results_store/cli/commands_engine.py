@@ -11,9 +11,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cli.options import Mode
-from engine.jsonl import write_jsonl
-from engine.reference import ReferenceEngine
+from results_store.cli.options import Mode
+from results_store.simulator.jsonl import write_jsonl
+from results_store.simulator.reference import ReferenceEngine
 from schemas.errors import ComponentError
 from schemas.modes import load_mode
 

@@ -25,14 +25,14 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from results_store import delta_tables
+from results_store.flatten import SnapshotItem, flatten_batch
+from results_store.validate import quarantine_rejected, validate_table
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig
 from schemas.result_types import ResultType
 from schemas.settings import StoreSettings
 from schemas.store_tables import QUARANTINE_SCHEMA, RAW_SNAPSHOTS_SCHEMA
-from tasks import delta_tables
-from tasks.flatten import SnapshotItem, flatten_batch
-from tasks.validate import quarantine_rejected, validate_table
 
 __all__ = ["BatchWriter", "PreparedBatch", "TableWriter", "delta_table_writer"]
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from engine.reference import ReferenceEngine, parse_freq, to_utc
+from results_store.simulator.reference import ReferenceEngine, parse_freq, to_utc
 from schemas.modes import ModeConfig
 
 __all__ = ["LiveSource", "ReferenceLiveSource"]

@@ -10,11 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.options import DataDir
+from results_store.cli.options import DataDir
+from results_store.reading import read_table, table_history
+from results_store.runs import latest_run, read_runs
 from schemas.errors import ComponentError
 from schemas.settings import load_settings
-from store.reading import read_table, table_history
-from store.runs import latest_run, read_runs
 
 console = Console()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks import delta_tables
+from results_store import delta_tables
 
 __all__ = ["read_table", "table_history", "table_version"]
 

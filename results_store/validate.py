@@ -25,12 +25,12 @@ import pandera.errors
 import pandera.pandas as pdr
 import pyarrow as pa
 
+from results_store.flatten import Rejected, to_micros
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig
 from schemas.result_types import ResultType
 from schemas.store_tables import QUARANTINE_SCHEMA
 from schemas.tables import ROW_RULE_COLUMNS, mode_schema
-from tasks.flatten import Rejected, to_micros
 
 __all__ = ["Validated", "quarantine_rejected", "validate_table"]
 

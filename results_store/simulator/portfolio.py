@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.market import DEPEG_MAX, FUNDING_INTERVAL_SECONDS, ORACLE_NOISE_BOUND, Market
+from results_store.simulator.market import DEPEG_MAX, FUNDING_INTERVAL_SECONDS, ORACLE_NOISE_BOUND, Market
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig
 

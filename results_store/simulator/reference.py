@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
-from engine.market import Market
-from engine.portfolio import MARGIN_MAINTENANCE, PortfolioPaths, StrategyPlan, plan_for, simulate_portfolio
+from results_store.simulator.market import Market
+from results_store.simulator.portfolio import MARGIN_MAINTENANCE, PortfolioPaths, StrategyPlan, plan_for, simulate_portfolio
 from schemas.modes import ModeConfig
 
 __all__ = [
