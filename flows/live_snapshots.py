@@ -18,48 +18,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.common import publish_run_summary, resolve_data_dir
-from results_store.drive import feed
-from results_store.simulator.live_source import LiveSource, ReferenceLiveSource
-from results_store.store import ResultsStore
-from results_store.summary import RunSummary
+from results_store.simulator.live_source import ReferenceLiveSource
+from results_store.utc import to_utc
 from schemas.modes import ModeName, load_mode
-from schemas.settings import load_settings
+from tasks.artifacts import publish_run_summary
+from tasks.store import collect_live
 
-__all__ = ["collect_live", "live_snapshots"]
-
-
-def _utc(value: datetime | str) -> pd.Timestamp:
-    stamp = pd.Timestamp(value)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-
-@task(name="collect-live-snapshots", cache_policy=NO_CACHE)
-async def collect_live(source: LiveSource, *, mode: ModeName, run_id: str, data_dir: str | None,
-                       now: datetime) -> RunSummary:
-    """Write everything the source has after the run's last stored timestep, in one collection."""
-    logger = get_run_logger()
-    config = load_mode(mode)
-    root = resolve_data_dir(data_dir)
-    settings = load_settings(config, data_dir=root, execution_mode="live")
-    store = ResultsStore(config, "live", data_dir=root, run_id=run_id, settings=settings,
-                         commit_metadata={"flow_run_id": str(flow_run.id) if flow_run.id else None})
-    # start() waits for the run's lock, then reads what is committed and replays the WAL.
-    async with store:
-        committed = store.last_committed_timestep()
-        # Snapshots replayed from the WAL are stored already (acknowledged); continue after them.
-        replayed_up_to = store.get_storage_status()["last_timestep_received"]
-        after = max(-1 if committed is None else committed, replayed_up_to)
-        pending = source.pending(after if after >= 0 else None, now)
-        logger.info("run %s: last committed timestep %s, WAL up to %s, %s pending up to %s",
-                    run_id, committed, replayed_up_to, len(pending), now.isoformat())
-        await feed(store, pending)
-    assert store.summary is not None  # set by a clean exit of the store's context
-    return store.summary
+__all__ = ["live_snapshots"]
 
 
 def _run_name() -> str:
@@ -89,8 +57,8 @@ async def live_snapshots(
         now: collect up to this time instead of the wall clock (replays and tests).
     """
     logger = get_run_logger()
-    now_ts = _utc(now) if now is not None else pd.Timestamp(datetime.now(UTC))
-    anchor_ts = _utc(anchor) if anchor is not None else now_ts.floor("1D")
+    now_ts = to_utc(now) if now is not None else pd.Timestamp(datetime.now(UTC))
+    anchor_ts = to_utc(anchor) if anchor is not None else now_ts.floor("1D")
     run_id = run_id or f"live-{mode}-{anchor_ts:%Y%m%d}"
     source = ReferenceLiveSource(load_mode(mode), anchor_ts, freq, seed=seed)
     summary = await collect_live(source, mode=mode, run_id=run_id, data_dir=data_dir, now=now_ts.to_pydatetime())

@@ -12,58 +12,24 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.common import ExecutionModeName, markdown_table, publish_markdown, publish_run_summary, resolve_data_dir
-from results_store.rerun import rederive_run_async
+from results_store.rerun import lineage_report
 from results_store.runs import latest_run
-from results_store.summary import RunSummary
+from schemas.modes import ExecutionMode
 from schemas.result_types import ResultType
+from schemas.settings import resolve_data_dir
+from tasks.artifacts import publish_markdown, publish_run_summary
+from tasks.rerun import rederive
 
-__all__ = ["lineage_report", "rerun_results"]
+__all__ = ["rerun_results"]
 
 
 def _run_name() -> str:
     params = flow_run.parameters
     target = params.get("new_run_id")
     return f"rerun-{params['run_id']}" + (f"-as-{target}" if target else "")
-
-
-@task(name="rederive-run", cache_policy=NO_CACHE)
-async def rederive(run_id: str, *, execution_mode: str, data_dir: str | None, overrides: dict[str, Any],
-                   new_run_id: str | None, strict: bool) -> RunSummary:
-    """Re-derive the run's result tables from raw_snapshots (a new run, or new versions in place)."""
-    return await rederive_run_async(data_dir=resolve_data_dir(data_dir), execution_mode=execution_mode,
-                                    run_id=run_id, overrides=overrides, new_run_id=new_run_id, strict=strict)
-
-
-def lineage_report(run_id: str, summary: RunSummary, source: dict[str, Any] | None, record: dict[str, Any] | None,
-                   overrides: dict[str, Any]) -> str:
-    """Markdown: what was rerun, with which overrides, and each table's version before and after."""
-    versions = (record or {}).get("table_versions") or {}
-    # In place the registry records {"before": ..., "after": ...}; a new run records its versions flat.
-    before: dict[str, Any] = versions.get("before", {}) if "after" in versions else {}
-    after: dict[str, Any] = versions.get("after", versions)
-    rows = [{"table": name, "version before": before.get(name), "version after": after.get(name),
-             "rows": summary.rows.get(name)}
-            for name in sorted(set(before) | set(after) | set(summary.rows))]
-    lines = [
-        f"# Rerun of `{run_id}`",
-        "",
-        f"- written as: `{summary.run_id}` "
-        + (f"(a new run; parent `{run_id}`)" if summary.run_id != run_id else "(new versions of the same run)"),
-        f"- lineage: `{(record or {}).get('parent_run_id') or '—'}` → `{summary.run_id}`",
-        f"- source run: mode `{(source or {}).get('mode')}`, config `{str((source or {}).get('config_hash'))[:12]}`",
-        f"- overrides: {', '.join(f'{k}={v}' for k, v in overrides.items()) or 'none'}",
-        f"- snapshots re-derived: {summary.timesteps_received:,}; quarantined rows: {summary.quarantined:,}",
-        "",
-        markdown_table(rows),
-        "",
-        "Earlier versions stay readable: `results-store show RUN_ID --table TABLE --version N`.",
-    ]
-    return "\n".join(lines)
 
 
 @flow(name="rerun-results", flow_run_name=_run_name, log_prints=True)
@@ -78,7 +44,7 @@ async def rerun_results(
     dust_tracking_tokens: list[str] | None = None,
     leverage_tracking: bool | None = None,
     strict: bool = False,
-    execution_mode: ExecutionModeName = "backtest",
+    execution_mode: ExecutionMode = "backtest",
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Re-derive a run's result tables from its raw snapshots: new versions or a new run, never a silent overwrite.

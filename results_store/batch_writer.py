@@ -32,16 +32,13 @@ from schemas.errors import ComponentError
 from schemas.modes import ModeConfig
 from schemas.result_types import ResultType
 from schemas.settings import StoreSettings
-from schemas.store_tables import QUARANTINE_SCHEMA, RAW_SNAPSHOTS_SCHEMA
+from schemas.store_tables import QUARANTINE, QUARANTINE_SCHEMA, RAW_SNAPSHOTS, RAW_SNAPSHOTS_SCHEMA
 
 __all__ = ["BatchWriter", "PreparedBatch", "TableWriter", "delta_table_writer"]
-
-RAW_SNAPSHOTS = "raw_snapshots"
 
 # A queued snapshot, as a plain tuple because it is built on the engine's hot path:
 # (timestep, timestamp in µs since epoch UTC, timestamp as given, results dict, monotonic enqueue time)
 Queued = tuple[int, int, Any, dict[str, Any], float]
-QUARANTINE = "quarantine"
 SCHEMA_VERSION = "1"
 
 

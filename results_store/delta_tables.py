@@ -12,7 +12,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -24,6 +24,7 @@ from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction
 
 from schemas.errors import ComponentError
+from schemas.modes import Compression
 
 __all__ = [
     "PARTITION_COLUMN",
@@ -46,7 +47,6 @@ __all__ = [
 ]
 
 PARTITION_COLUMN = "run_id"
-Codec = Literal["zstd", "snappy", "gzip", "lz4", "uncompressed"]
 
 # Compact a finished run into files of up to this size; 1M rows of our widest table is ~40 MB.
 TARGET_FILE_BYTES = 512 * 1024 * 1024
@@ -102,7 +102,7 @@ def committed_txn_version(path: Path, run_id: str) -> int | None:
 ROW_GROUP_ROWS = 32_768
 
 
-def _writer_properties(compression: Codec) -> WriterProperties:
+def _writer_properties(compression: Compression) -> WriterProperties:
     codec = "UNCOMPRESSED" if compression == "uncompressed" else compression.upper()
     return WriterProperties(compression=codec, max_row_group_size=ROW_GROUP_ROWS)  # type: ignore[arg-type]
 
@@ -113,7 +113,7 @@ def append_exactly_once(
     *,
     run_id: str,
     last_timestep: int,
-    compression: Codec = "zstd",
+    compression: Compression = "zstd",
     metadata: dict[str, Any] | None = None,
     table: DeltaTable | None = None,
 ) -> int | None:
@@ -177,7 +177,7 @@ def _check_one_run(data: pa.Table, run_id: str, path: Path) -> None:
                              details={"path": str(path)})
 
 
-def _write_partition_file(path: Path, data: pa.Table, run_id: str, compression: Codec) -> AddAction:
+def _write_partition_file(path: Path, data: pa.Table, run_id: str, compression: Compression) -> AddAction:
     """Write ``data`` (without its partition column, as Delta stores it) as a file of ``run_id``'s partition."""
     directory = f"{PARTITION_COLUMN}={quote(run_id, safe='')}"
     name = f"part-00000-{uuid.uuid4()}-c000.{compression}.parquet"
@@ -202,7 +202,7 @@ def overwrite_run(
     *,
     run_id: str,
     last_timestep: int,
-    compression: Codec = "zstd",
+    compression: Compression = "zstd",
     metadata: dict[str, Any] | None = None,
 ) -> int:
     """Replace one run's partition in a single commit; earlier versions stay readable."""
@@ -280,7 +280,7 @@ def history(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     return [] if table is None else table.history(limit)
 
 
-def compact_run(path: Path, run_id: str, *, compression: Codec = "zstd", min_files: int = 2) -> dict[str, Any]:
+def compact_run(path: Path, run_id: str, *, compression: Compression = "zstd", min_files: int = 2) -> dict[str, Any]:
     """Merge one run's files (Delta optimize) once it has ``min_files`` or more, so a run has few, large files."""
     with storage_errors("optimize", path):
         table = open_table(path)

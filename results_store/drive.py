@@ -3,16 +3,85 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from results_store.simulator.jsonl import read_jsonl
+from results_store.simulator.live_source import LiveSource
+from results_store.simulator.reference import ReferenceEngine
 from results_store.store import ResultsStore
 from results_store.summary import RunSummary
 from schemas.modes import ModeConfig
 from schemas.settings import StoreSettings
 
-__all__ = ["feed", "run_snapshots", "run_snapshots_async"]
+__all__ = [
+    "ProgressHooks",
+    "backtest_source",
+    "collect_pending",
+    "current_progress",
+    "feed",
+    "report_progress",
+    "run_snapshots",
+    "run_snapshots_async",
+]
+
+Snapshots = Iterable[tuple[Any, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ProgressHooks:
+    """Callbacks for a progress display: ``total(n)`` once the length is known, ``advance(n)`` as it goes."""
+
+    advance: Callable[[int], None]
+    total: Callable[[int], None]
+
+
+# A callable cannot be a flow parameter (parameters are JSON), so the CLI's progress bar reaches
+# the store through a context variable; asyncio.run and Prefect's engine both copy the context.
+_progress: ContextVar[ProgressHooks | None] = ContextVar("backtest_progress", default=None)
+
+
+@contextmanager
+def report_progress(advance: Callable[[int], None], total: Callable[[int], None]) -> Iterator[None]:
+    """Within this block, backtests started from this context report their progress to these hooks."""
+    token = _progress.set(ProgressHooks(advance, total))
+    try:
+        yield
+    finally:
+        _progress.reset(token)
+
+
+def current_progress() -> ProgressHooks | None:
+    """The progress hooks of the enclosing :func:`report_progress` block, if any."""
+    return _progress.get()
+
+
+def backtest_source(config: ModeConfig, *, snapshot_file: str | Path | None, start: str, end: str, freq: str,
+                    seed: int) -> tuple[Snapshots, int | None]:
+    """A backtest's snapshots, and their number when known: an engine's JSON Lines file, else the reference engine."""
+    if snapshot_file:
+        return read_jsonl(Path(snapshot_file)), None
+    engine = ReferenceEngine(config, start, end, freq, seed=seed)
+    return engine.iter_snapshots(), len(engine)
+
+
+async def collect_pending(store: ResultsStore, source: LiveSource, now: datetime) -> tuple[int | None, int, int]:
+    """Feed what ``source`` has after the run's last stored timestep, up to ``now``, into an open live store.
+
+    Returns ``(last committed timestep, last timestep replayed from the WAL, snapshots fed)``.
+    """
+    committed = store.last_committed_timestep()
+    # Snapshots replayed from the WAL are stored already (acknowledged); continue after them.
+    replayed_up_to: int = store.get_storage_status()["last_timestep_received"]
+    after = max(-1 if committed is None else committed, replayed_up_to)
+    pending = source.pending(after if after >= 0 else None, now)
+    fed = await feed(store, pending)
+    return committed, replayed_up_to, fed
 
 
 async def feed(store: ResultsStore, snapshots: Iterable[tuple[Any, dict[str, Any]]],

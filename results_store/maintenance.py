@@ -1,23 +1,83 @@
-"""Data-health checks on stored tables: checksums, audit counts, retention candidates, backup plan.
+"""Data-health logic on stored tables: checksums, audit counts, retention plan, backup plan, and their reports.
 
-These are the first versions; each returns what it checked and states what it does not check yet.
+These are the first versions; each result says what it does not check or do yet (the ``*_NOT_*``
+lists), and the flows publish that with the report. Prefect-free: ``tasks/maintenance.py`` wraps
+these as tasks, the flows publish the reports.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
+import pandas as pd
 import pyarrow.compute as pc
 
 from results_store import delta_tables
+from results_store.markdown import markdown_table
+from results_store.runs import read_runs
 from schemas.result_types import ResultType
+from schemas.store_tables import QUARANTINE, RAW_SNAPSHOTS, RUN_TABLES, STORE_TABLES
 
-__all__ = ["audit_counts", "backup_plan", "retention_candidates", "verify_checksums"]
+__all__ = [
+    "AUDIT_NOT_CHECKED",
+    "BACKUP_NOT_DONE",
+    "CHECKSUM_NOT_CHECKED",
+    "RETENTION_NOT_DONE",
+    "ChecksumMismatch",
+    "audit_counts",
+    "audit_report",
+    "backup_plan",
+    "backup_report",
+    "checksum_report",
+    "retention_plan",
+    "retention_report",
+    "run_row_audit",
+    "verify_checksums",
+]
 
-STORE_TABLES = ("raw_snapshots", "quarantine", "runs")
+AUDIT_NOT_CHECKED = [
+    "values across tables (balance sheet against PnL, exposures against positions)",
+    "gaps in timestep sequences and the freshness of live runs",
+    "the Parquet files' own checksums",
+]
+RETENTION_NOT_DONE = [
+    "nothing is deleted: retention runs as a dry run and only lists what it would remove",
+    "no check against backups before removing anything",
+]
+BACKUP_NOT_DONE = [
+    "no copy is made: backup reports what it would copy",
+    "no restore test",
+]
+CHECKSUM_NOT_CHECKED = [
+    "the Parquet files of the result tables (only raw snapshot payloads are hashed)",
+    "backup copies",
+]
+
+
+class ChecksumMismatch(Exception):
+    """Raw snapshot payloads whose sha256 differs from the one stored when they were written."""
+
+    def __init__(self, execution_mode: str, mismatches: list[dict[str, Any]]) -> None:
+        self.execution_mode = execution_mode
+        self.mismatches = mismatches
+        super().__init__(execution_mode, mismatches)
+
+    def __str__(self) -> str:
+        shown = ", ".join(f"{m['run_id']}@{m['timestep']}" for m in self.mismatches[:10])
+        return f"{len(self.mismatches)} {self.execution_mode} raw snapshots do not match their sha256: {shown}"
+
+
+def _report(title: str, summary: list[str], tables: dict[str, list[dict[str, Any]]], caveats: list[str]) -> str:
+    lines = [f"# {title}", "", *[f"- {s}" for s in summary], ""]
+    for heading, rows in tables.items():
+        lines += [f"## {heading}", "", markdown_table(rows) or "none", ""]
+    lines += ["## Not covered yet", "", *[f"- {c}" for c in caveats]]
+    return "\n".join(lines)
 
 
 def _tables(root: Path, execution_mode: str) -> dict[str, Path]:
@@ -28,7 +88,7 @@ def _tables(root: Path, execution_mode: str) -> dict[str, Path]:
 
 def verify_checksums(root: Path, execution_mode: str) -> dict[str, Any]:
     """Recompute sha256 of every raw snapshot payload and compare it with the stored one."""
-    path = delta_tables.table_path(root, execution_mode, "raw_snapshots")
+    path = delta_tables.table_path(root, execution_mode, RAW_SNAPSHOTS)
     if not delta_tables.table_exists(path):
         return {"checked": 0, "mismatches": [], "not_checked": ["no raw_snapshots table"]}
     data = delta_tables.read(path, columns=["run_id", "timestep", "payload", "payload_sha256"])
@@ -52,8 +112,8 @@ def audit_counts(root: Path, execution_mode: str) -> dict[str, Any]:
         passed = pnl.filter(mask)["value"]
         failed_reconciliation = int(pc.sum(pc.equal(passed, 0.0)).as_py() or 0)
     quarantine_by_rule: dict[str, int] = {}
-    if "quarantine" in tables:
-        q = delta_tables.read(tables["quarantine"], columns=["result_type", "rule"])
+    if QUARANTINE in tables:
+        q = delta_tables.read(tables[QUARANTINE], columns=["result_type", "rule"])
         for row in q.group_by(["result_type", "rule"]).aggregate([("rule", "count")]).to_pylist():
             quarantine_by_rule[f"{row['result_type']}.{row['rule']}"] = row["rule_count"]
     return {"rows": counts, "quarantine_by_rule": quarantine_by_rule,
@@ -62,18 +122,52 @@ def audit_counts(root: Path, execution_mode: str) -> dict[str, Any]:
                             "freshness of live runs"]}
 
 
-def retention_candidates(root: Path, execution_mode: str, retention_days: int) -> dict[str, Any]:
-    """Runs finished before the retention window, and files vacuum would remove (dry run only)."""
-    from results_store.runs import read_runs
-
+def run_row_audit(root: Path, execution_mode: str) -> list[dict[str, Any]]:
+    """Per run and table: rows the runs registry recorded against rows present, and quarantined rows."""
     runs = read_runs(root, execution_mode)
-    cutoff = datetime.now(UTC) - timedelta(days=retention_days)
-    old = runs[(runs["status"] != "running") & runs["finished_at"].notna() & (runs["finished_at"] < cutoff)]
-    vacuumable = {n: len(delta_tables.vacuum(p, retention_hours=retention_days * 24, dry_run=True))
-                  for n, p in _tables(root, execution_mode).items()}
-    return {"cutoff": cutoff.isoformat(), "runs_past_retention": old["run_id"].tolist(),
-            "files_vacuum_would_remove": vacuumable, "deleted": [],
-            "not_done": ["nothing is deleted yet: retention runs as a dry run"]}
+    paths = {n: delta_tables.table_path(root, execution_mode, n) for n in RUN_TABLES}
+    paths = {n: p for n, p in paths.items() if delta_tables.table_exists(p)}
+    quarantined: Counter[tuple[str, str]] = Counter()
+    if QUARANTINE in paths:
+        q = delta_tables.read(paths[QUARANTINE], columns=["run_id", "result_type"])
+        quarantined.update(zip(q.column("run_id").to_pylist(), q.column("result_type").to_pylist(), strict=True))
+    rows = []
+    for record in runs.to_dict("records"):
+        recorded: dict[str, int] = orjson.loads(record["row_counts_json"] or "{}")
+        for name in sorted(recorded):
+            present = delta_tables.count_rows(paths[name], run_id=record["run_id"]) if name in paths else 0
+            rows.append({
+                "run_id": record["run_id"], "status": record["status"], "table": name,
+                "recorded": recorded[name], "present": present,
+                "quarantined": quarantined.get((record["run_id"], name), 0),
+                # A running run is still writing: its counts are not expected to agree yet.
+                "agrees": record["status"] == "running" or recorded[name] == present,
+            })
+    return rows
+
+
+
+def retention_plan(root: Path, execution_mode: str, retention_days: int | None,
+                   now: datetime | None = None) -> dict[str, Any]:
+    """Finished runs past retention and the partitions a retention run would delete (nothing is deleted)."""
+    now = now or datetime.now(UTC)
+    runs = read_runs(root, execution_mode)
+    paths = {n: delta_tables.table_path(root, execution_mode, n) for n in RUN_TABLES}
+    paths = {n: p for n, p in paths.items() if delta_tables.table_exists(p)}
+    candidates = []
+    for record in runs.to_dict("records"):
+        if record["status"] == "running" or record["finished_at"] is None or pd.isna(record["finished_at"]):
+            continue
+        config = orjson.loads(record["config_json"])
+        days = retention_days or config["component_config"]["results_store"]["storage"]["retention_days"]
+        finished = pd.Timestamp(record["finished_at"]).to_pydatetime()
+        if finished >= now - timedelta(days=days):
+            continue
+        partitions = {n: rows for n, p in paths.items() if (rows := delta_tables.count_rows(p, run_id=record["run_id"]))}
+        candidates.append({"run_id": record["run_id"], "mode": record["mode"], "finished_at": finished.isoformat(),
+                           "retention_days": days, "partitions": partitions})
+    return {"now": now.isoformat(), "runs_past_retention": candidates, "deleted": [], "dry_run": True}
+
 
 
 def backup_plan(root: Path, execution_mode: str) -> dict[str, Any]:
@@ -83,3 +177,46 @@ def backup_plan(root: Path, execution_mode: str) -> dict[str, Any]:
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         plan[name] = {"version": delta_tables.version(path), "bytes": size}
     return {"tables": plan, "not_done": ["no copy is made yet: backup reports what it would copy"]}
+
+
+def audit_report(execution_mode: str, result: dict[str, Any]) -> str:
+    """Markdown of an audit: rows per table, runs whose rows disagree with the registry, quarantine by rule."""
+    disagreeing = [r for r in result["by_run"] if not r["agrees"]]
+    summary = [
+        f"rows per table: {', '.join(f'{k} {v:,}' for k, v in sorted(result['rows'].items())) or 'no tables'}",
+        f"runs audited: {len({r['run_id'] for r in result['by_run']})}; "
+        f"tables whose rows disagree with the runs registry: {len(disagreeing)}",
+        f"timesteps failing PnL reconciliation: {result['timesteps_failing_reconciliation']}",
+    ]
+    quarantine = [{"table.rule": k, "rows": v} for k, v in sorted(result["quarantine_by_rule"].items())]
+    return _report(f"Audit of the {execution_mode} tables", summary,
+                   {"Rows per run and table": result["by_run"], "Quarantine by rule": quarantine},
+                   AUDIT_NOT_CHECKED)
+
+
+def retention_report(execution_mode: str, result: dict[str, Any]) -> str:
+    """Markdown of a retention dry run: the runs past retention and their partitions."""
+    rows = [{"run_id": c["run_id"], "mode": c["mode"], "finished_at": c["finished_at"],
+             "retention_days": c["retention_days"],
+             "partitions (rows)": ", ".join(f"{k} {v:,}" for k, v in sorted(c["partitions"].items()))}
+            for c in result["runs_past_retention"]]
+    return _report(f"Retention dry run of the {execution_mode} tables",
+                   [f"runs past retention: {len(rows)} (dry run: none deleted)"],
+                   {"Would delete": rows}, RETENTION_NOT_DONE)
+
+
+def checksum_report(execution_mode: str, result: dict[str, Any]) -> str:
+    """Markdown of a payload checksum verification: counts and the first 100 mismatches."""
+    return _report(f"Checksums of the {execution_mode} raw snapshots",
+                   [f"payloads checked: {result['checked']:,}", f"mismatches: {len(result['mismatches'])}"],
+                   {"Mismatches": result["mismatches"][:100]}, result["not_checked"])
+
+
+def backup_report(execution_mode: str, result: dict[str, Any]) -> str:
+    """Markdown of a backup plan: each table's version and size."""
+    rows = [{"table": name, "version": info["version"], "bytes": f"{info['bytes']:,}"}
+            for name, info in sorted(result["tables"].items())]
+    total = sum(info["bytes"] for info in result["tables"].values())
+    return _report(f"Backup plan for the {execution_mode} tables",
+                   [f"would copy {len(rows)} tables, {total:,} bytes (no copy made)"],
+                   {"Tables": rows}, BACKUP_NOT_DONE)

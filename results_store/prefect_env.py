@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from schemas.settings import resolve_data_dir
+
 __all__ = ["OFFLINE_DEFAULTS", "configure_prefect", "default_prefect_home"]
 
 # Settings that keep Prefect off the network and quiet about it.
@@ -31,8 +33,7 @@ OFFLINE_DEFAULTS: dict[str, str] = {
 
 def default_prefect_home(data_dir: Path | str | None = None) -> Path:
     """``{data_dir}/.prefect`` (data_dir: the argument, else BASIS_DATA_DIR, else ./data), absolute."""
-    base = Path(data_dir or os.environ.get("BASIS_DATA_DIR") or "data")
-    return (base / ".prefect").resolve()
+    return (resolve_data_dir(data_dir) / ".prefect").resolve()
 
 
 def configure_prefect(data_dir: Path | str | None = None, *, quiet_console: bool = False) -> dict[str, str]:

@@ -22,7 +22,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from results_store import delta_tables
-from results_store.batch_writer import QUARANTINE, RAW_SNAPSHOTS, BatchWriter
+from results_store.batch_writer import BatchWriter
+from results_store.markdown import markdown_table
 from results_store.runs import append_run_record, latest_run
 from results_store.store import ResultsStore
 from results_store.summary import RunSummary
@@ -30,10 +31,10 @@ from schemas.errors import ComponentError
 from schemas.modes import ModeConfig, config_hash
 from schemas.result_types import ResultType
 from schemas.settings import load_settings
-from schemas.store_tables import QUARANTINE_SCHEMA
+from schemas.store_tables import QUARANTINE, QUARANTINE_SCHEMA, RAW_SNAPSHOTS
 from schemas.tables import arrow_schema
 
-__all__ = ["OVERRIDABLE", "apply_overrides", "iter_raw_snapshots", "rederive_run", "rederive_run_async"]
+__all__ = ["OVERRIDABLE", "apply_overrides", "iter_raw_snapshots", "lineage_report", "rederive_run", "rederive_run_async"]
 
 OVERRIDABLE = (
     "result_types", "balance_sheet_assets", "pnl_attribution_types", "delta_tracking_assets",
@@ -201,3 +202,30 @@ def _rederive_in_place(config: ModeConfig, settings: Any, execution_mode: str, r
         table_paths={n: str(paths[n]) for n in names}, table_versions=after,
         parent_run_id=record.get("parent_run_id") or None,
     )
+
+
+def lineage_report(run_id: str, summary: RunSummary, source: dict[str, Any] | None, record: dict[str, Any] | None,
+                   overrides: dict[str, Any]) -> str:
+    """Markdown: what was rerun, with which overrides, and each table's version before and after."""
+    versions = (record or {}).get("table_versions") or {}
+    # In place the registry records {"before": ..., "after": ...}; a new run records its versions flat.
+    before: dict[str, Any] = versions.get("before", {}) if "after" in versions else {}
+    after: dict[str, Any] = versions.get("after", versions)
+    rows = [{"table": name, "version before": before.get(name), "version after": after.get(name),
+             "rows": summary.rows.get(name)}
+            for name in sorted(set(before) | set(after) | set(summary.rows))]
+    lines = [
+        f"# Rerun of `{run_id}`",
+        "",
+        f"- written as: `{summary.run_id}` "
+        + (f"(a new run; parent `{run_id}`)" if summary.run_id != run_id else "(new versions of the same run)"),
+        f"- lineage: `{(record or {}).get('parent_run_id') or '—'}` → `{summary.run_id}`",
+        f"- source run: mode `{(source or {}).get('mode')}`, config `{str((source or {}).get('config_hash'))[:12]}`",
+        f"- overrides: {', '.join(f'{k}={v}' for k, v in overrides.items()) or 'none'}",
+        f"- snapshots re-derived: {summary.timesteps_received:,}; quarantined rows: {summary.quarantined:,}",
+        "",
+        markdown_table(rows),
+        "",
+        "Earlier versions stay readable: `results-store show RUN_ID --table TABLE --version N`.",
+    ]
+    return "\n".join(lines)

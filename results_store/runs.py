@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from results_store import delta_tables
-from schemas.store_tables import RUNS_SCHEMA
+from schemas.store_tables import RUNS, RUNS_SCHEMA
 
 __all__ = ["append_run_record", "code_version", "latest_run", "read_runs", "runs_path"]
 
@@ -26,7 +26,7 @@ REGISTRY_FILES_BEFORE_COMPACTION = 32
 
 
 def runs_path(root: Path, execution_mode: str) -> Path:
-    return delta_tables.table_path(root, execution_mode, "runs")
+    return delta_tables.table_path(root, execution_mode, RUNS)
 
 
 @functools.cache

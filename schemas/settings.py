@@ -6,16 +6,27 @@ Precedence, highest first: explicit values (CLI flags), environment variables, t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import AliasChoices, Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from schemas.modes import ModeConfig
+from schemas.modes import Compression, ExecutionMode, LogLevel, ModeConfig, StorageConfig
 
-__all__ = ["StoreSettings", "load_settings"]
+__all__ = ["DEFAULT_DATA_DIR", "StoreSettings", "load_settings", "resolve_data_dir"]
+
+DEFAULT_DATA_DIR = Path("data")
+
+# The storage defaults live in one place, the mode file's model; the settings take theirs from it.
+_STORAGE = StorageConfig.model_fields
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The one data-dir resolver: ``data_dir`` if given, else ``$BASIS_DATA_DIR``, else ``./data``."""
+    return Path(data_dir or os.environ.get("BASIS_DATA_DIR") or DEFAULT_DATA_DIR)
 
 
 def _env(name: str, field: str) -> Any:
@@ -28,23 +39,23 @@ class StoreSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
-    execution_mode: Literal["backtest", "live"] = Field(
+    execution_mode: ExecutionMode = Field(
         "backtest", validation_alias=_env("BASIS_EXECUTION_MODE", "execution_mode"),
         description="backtest: large batches, back-pressure; live: WAL, commit within a second",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+    log_level: LogLevel = Field(
         "INFO", validation_alias=_env("BASIS_LOG_LEVEL", "log_level"),
     )
     data_dir: Path = Field(
-        Path("data"), validation_alias=_env("BASIS_DATA_DIR", "data_dir"),
+        DEFAULT_DATA_DIR, validation_alias=_env("BASIS_DATA_DIR", "data_dir"),
         description="root of every table, log and WAL",
     )
     queue_size: int = Field(
-        10_000, gt=0, validation_alias=_env("RESULTS_STORE_QUEUE_SIZE", "queue_size"),
+        _STORAGE["queue_size"].default, gt=0, validation_alias=_env("RESULTS_STORE_QUEUE_SIZE", "queue_size"),
         description="capacity of the FIFO queue, in timesteps",
     )
     batch_size: int = Field(
-        100, gt=0, validation_alias=_env("RESULTS_STORE_BATCH_SIZE", "batch_size"),
+        _STORAGE["batch_size"].default, gt=0, validation_alias=_env("RESULTS_STORE_BATCH_SIZE", "batch_size"),
         description="live mode: most timesteps per commit",
     )
     timeout: float = Field(
@@ -60,11 +71,15 @@ class StoreSettings(BaseSettings):
         1.0, gt=0, validation_alias=_env("RESULTS_STORE_FLUSH_INTERVAL", "flush_interval"),
         description="live mode: most seconds between an acknowledged snapshot and its commit",
     )
-    retention_days: int = Field(365, gt=0, validation_alias=_env("RESULTS_STORE_RETENTION_DAYS", "retention_days"))
-    compression: Literal["zstd", "snappy", "gzip", "lz4", "uncompressed"] = Field(
-        "zstd", validation_alias=_env("RESULTS_STORE_COMPRESSION", "compression"),
+    retention_days: int = Field(
+        _STORAGE["retention_days"].default, gt=0, validation_alias=_env("RESULTS_STORE_RETENTION_DAYS", "retention_days"),
     )
-    storage_path: str = Field("", validation_alias=_env("RESULTS_STORE_STORAGE_PATH", "storage_path"))
+    compression: Compression = Field(
+        _STORAGE["compression"].default, validation_alias=_env("RESULTS_STORE_COMPRESSION", "compression"),
+    )
+    storage_path: str = Field(
+        _STORAGE["storage_path"].default, validation_alias=_env("RESULTS_STORE_STORAGE_PATH", "storage_path"),
+    )
     strict: bool = Field(
         False, validation_alias=_env("RESULTS_STORE_STRICT", "strict"),
         description="fail the run on the first invalid row instead of quarantining it",

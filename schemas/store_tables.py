@@ -11,16 +11,35 @@ import pandera.pandas as pdr
 import pyarrow as pa
 from pandera.typing import Series
 
+from schemas.result_types import ResultType
 from schemas.tables import UtcMicros, model_arrow_schema
 
 __all__ = [
+    "INBOX_LEDGER",
+    "INBOX_LEDGER_SCHEMA",
+    "LEDGER_STATUSES",
+    "QUARANTINE",
     "QUARANTINE_SCHEMA",
+    "RAW_SNAPSHOTS",
     "RAW_SNAPSHOTS_SCHEMA",
+    "RUNS",
     "RUNS_SCHEMA",
+    "RUN_TABLES",
+    "STORE_TABLES",
+    "InboxLedgerEntry",
     "QuarantineRow",
     "RawSnapshotRow",
     "RunRecord",
 ]
+
+# The store's own table names, declared once; every module refers to these constants.
+RAW_SNAPSHOTS = "raw_snapshots"
+QUARANTINE = "quarantine"
+RUNS = "runs"
+INBOX_LEDGER = "inbox_ledger"
+STORE_TABLES: tuple[str, ...] = (RAW_SNAPSHOTS, QUARANTINE, RUNS)
+# Tables that hold a partition per run: every result table, the raw payloads and the quarantine.
+RUN_TABLES: tuple[str, ...] = (*(t.value for t in ResultType), RAW_SNAPSHOTS, QUARANTINE)
 
 RUN_STATUSES = ("running", "finished", "failed")
 
@@ -76,6 +95,23 @@ class RunRecord(_Strict):
     recorded_at: Series[UtcMicros]
 
 
+LEDGER_STATUSES = ("started", "processed", "failed")
+
+
+class InboxLedgerEntry(_Strict):
+    """One step of one inbox file: started, processed or failed, keyed by the file's content hash."""
+
+    sha256: Series[str] = pdr.Field(description="sha256 of the file's bytes: the same content is ingested once")
+    file: Series[str] = pdr.Field(description="the file's name when it was seen")
+    run_id: Series[str] = pdr.Field(nullable=True)
+    mode: Series[str] = pdr.Field(nullable=True)
+    status: Series[str] = pdr.Field(isin=list(LEDGER_STATUSES))
+    timesteps: Series[np.int64] = pdr.Field(nullable=True, description="snapshots stored, once processed")
+    detail: Series[str] = pdr.Field(nullable=True, description="why a file failed")
+    recorded_at: Series[UtcMicros]
+
+
 RAW_SNAPSHOTS_SCHEMA: pa.Schema = model_arrow_schema(RawSnapshotRow)
 QUARANTINE_SCHEMA: pa.Schema = model_arrow_schema(QuarantineRow)
 RUNS_SCHEMA: pa.Schema = model_arrow_schema(RunRecord)
+INBOX_LEDGER_SCHEMA: pa.Schema = model_arrow_schema(InboxLedgerEntry)

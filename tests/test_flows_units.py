@@ -17,22 +17,23 @@ from prefect import Flow, Task
 from prefect.states import Failed
 from prefect.utilities.callables import parameter_schema
 
-from flows.backtest_inbox import _append_ledger, finished_files, mode_and_run, move_aside, read_ledger
-from flows.backtest_results import _retry_if_transient
-from flows.common import artifact_key, markdown_table
-from flows.maintenance import retention_plan, run_row_audit
-from flows.rerun_results import lineage_report
 from results_store.allocators import ALLOCATOR_ENV
 from results_store.drive import run_snapshots
+from results_store.inbox import append_ledger, finished_files, mode_and_run, move_aside, read_ledger
+from results_store.maintenance import retention_plan, run_row_audit
+from results_store.markdown import artifact_key, markdown_table
 from results_store.prefect_env import configure_prefect
+from results_store.rerun import lineage_report
 from results_store.simulator.reference import ReferenceEngine
 from results_store.summary import RunSummary
 from schemas.errors import ComponentError
 from schemas.modes import MODE_NAMES, ModeName, load_mode, modes_dir
+from tasks.store import retry_if_transient
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW_MODULES = ["flows.backtest_results", "flows.backtest_inbox", "flows.live_snapshots", "flows.rerun_results",
-                "flows.maintenance", "flows.common"]
+                "flows.audit_results", "flows.backup", "flows.checksum", "flows.retention"]
+TASK_MODULES = ["tasks.artifacts", "tasks.inbox", "tasks.maintenance", "tasks.rerun", "tasks.store"]
 
 
 def test_the_mode_drop_down_offers_exactly_the_configured_modes():
@@ -85,8 +86,8 @@ def test_moving_aside_never_overwrites_and_drops_the_marker(tmp_path):
 
 def test_the_ledger_is_a_delta_table_of_entries_in_order(tmp_path):
     assert read_ledger(tmp_path) == []
-    _append_ledger(tmp_path, sha256="ab", file="a.jsonl", status="started", run_id="a", mode="btc_basis")
-    _append_ledger(tmp_path, sha256="ab", file="a.jsonl", status="processed", run_id="a", mode="btc_basis",
+    append_ledger(tmp_path, sha256="ab", file="a.jsonl", status="started", run_id="a", mode="btc_basis")
+    append_ledger(tmp_path, sha256="ab", file="a.jsonl", status="processed", run_id="a", mode="btc_basis",
                    timesteps=3)
     entries = read_ledger(tmp_path)
     assert [(e["file"], e["status"], e["timesteps"]) for e in entries] == [("a.jsonl", "started", None),
@@ -97,7 +98,7 @@ def test_the_ledger_is_a_delta_table_of_entries_in_order(tmp_path):
 # --------------------------------------------------------------------------------------------- retries
 def test_only_transient_storage_errors_are_retried():
     def failed(exc: BaseException) -> bool:
-        return _retry_if_transient(None, None, Failed(data=exc))  # type: ignore[arg-type]
+        return retry_if_transient(None, None, Failed(data=exc))  # type: ignore[arg-type]
 
     assert failed(ComponentError("RST-001", "disk hiccup"))
     assert failed(ComponentError("RST-003", "slow write"))
@@ -145,8 +146,22 @@ def test_audit_and_retention_read_the_registry_and_the_tables(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- Prefect set-up
-def test_every_flow_and_task_has_a_docstring_and_every_parameter_a_description():
+def test_flows_hold_one_flow_per_file_and_tasks_hold_every_task():
+    found_flows = {p.stem for p in (ROOT / "flows").glob("*.py") if p.stem != "__init__"}
+    assert {m.split(".")[1] for m in FLOW_MODULES} == found_flows
+    assert {m.split(".")[1] for m in TASK_MODULES} == {p.stem for p in (ROOT / "tasks").glob("*.py")} - {"__init__"}
     for name in FLOW_MODULES:
+        defined = [v for v in vars(importlib.import_module(name)).values()
+                   if isinstance(v, Flow | Task) and v.fn.__module__ == name]
+        assert [type(v) for v in defined] == [Flow], f"{name} must define exactly one flow and no task"
+    for name in TASK_MODULES:
+        defined = [v for v in vars(importlib.import_module(name)).values()
+                   if isinstance(v, Flow | Task) and v.fn.__module__ == name]
+        assert defined and all(isinstance(v, Task) and not isinstance(v, Flow) for v in defined), name
+
+
+def test_every_flow_and_task_has_a_docstring_and_every_parameter_a_description():
+    for name in FLOW_MODULES + TASK_MODULES:
         module = importlib.import_module(name)
         for attr, value in vars(module).items():
             if isinstance(value, Flow | Task):

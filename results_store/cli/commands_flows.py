@@ -72,7 +72,8 @@ def _count_lines(path: Path) -> int:
 
 def _run_backtest_flow(data_dir: Path, total: int | None = None, **params: Any) -> None:
     configure_prefect(data_dir, quiet_console=True)
-    from flows.backtest_results import backtest_results, report_progress
+    from flows.backtest_results import backtest_results
+    from results_store.drive import report_progress
 
     started = time.perf_counter()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -119,9 +120,13 @@ def ingest(
 
 def _flow_call(name: str, data_dir: Path, **params: Any) -> dict[str, Any]:
     configure_prefect(data_dir, quiet_console=True)
+    from flows.audit_results import audit_results
+    from flows.backup import backup
+    from flows.checksum import checksum
     from flows.live_snapshots import live_snapshots
-    from flows.maintenance import ChecksumMismatch, audit_results, backup, checksum, retention
     from flows.rerun_results import rerun_results
+    from flows.retention import retention
+    from results_store.maintenance import ChecksumMismatch
 
     flows: dict[str, Any] = {"rerun": rerun_results, "live": live_snapshots, "audit": audit_results,
                              "checksum": checksum, "backup": backup, "retention": retention}

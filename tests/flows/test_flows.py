@@ -16,12 +16,16 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from typer.testing import CliRunner
 
-from flows.backtest_inbox import InboxFilesFailed, backtest_inbox, read_ledger
+from flows.audit_results import audit_results
+from flows.backtest_inbox import backtest_inbox
 from flows.backtest_results import backtest_results
+from flows.backup import backup
+from flows.checksum import checksum
 from flows.live_snapshots import live_snapshots
-from flows.maintenance import audit_results, backup, checksum, retention
 from flows.rerun_results import rerun_results
+from flows.retention import retention
 from results_store.cli.main import app
+from results_store.inbox import InboxFilesFailed, read_ledger
 from results_store.reading import read_table, table_version
 from results_store.runs import latest_run
 from results_store.simulator.jsonl import write_jsonl
