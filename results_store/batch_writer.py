@@ -135,7 +135,7 @@ class BatchWriter:
             name: delta_tables.committed_txn_version(path, run_id) for name, path in table_paths.items()
         }
         # Open table handles, one per table; each is only used by that table's (sequential) commits.
-        self._handles: dict[str, delta_tables.DeltaTable | None] = {}
+        self._handles: dict[str, delta_tables.TableHandle | None] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(4, len(table_paths)), thread_name_prefix="results-store-write"
         )

@@ -28,6 +28,7 @@ from schemas.modes import Compression
 
 __all__ = [
     "PARTITION_COLUMN",
+    "TableHandle",
     "append_exactly_once",
     "committed_txn_version",
     "compact_run",
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 PARTITION_COLUMN = "run_id"
+# An open table, for callers that keep one between commits (the batch writer); only this module opens it.
+TableHandle = DeltaTable
 
 # Compact a finished run into files of up to this size; 1M rows of our widest table is ~40 MB.
 TARGET_FILE_BYTES = 512 * 1024 * 1024
@@ -198,7 +201,7 @@ def _write_partition_file(path: Path, data: pa.Table, run_id: str, compression: 
 
 def overwrite_run(
     path: Path,
-    data: pa.Table,
+    data: pa.Table | pa.RecordBatchReader,
     *,
     run_id: str,
     last_timestep: int,
@@ -207,19 +210,17 @@ def overwrite_run(
 ) -> int:
     """Replace one run's partition in a single commit; earlier versions stay readable."""
     with storage_errors("overwrite", path):
-        exists = table_exists(path)
-        write_deltalake(
-            str(path),
-            data,
-            mode="overwrite" if exists else "append",
-            predicate=f"{PARTITION_COLUMN} = '{_quote(run_id)}'" if exists else None,
-            partition_by=[PARTITION_COLUMN],
-            writer_properties=_writer_properties(compression),
-            commit_properties=CommitProperties(
-                custom_metadata={k: v for k, v in (metadata or {}).items() if v is not None},
-                app_transactions=[Transaction(run_app_id(run_id), last_timestep)],
-            ),
+        commit = CommitProperties(
+            custom_metadata={k: v for k, v in (metadata or {}).items() if v is not None},
+            app_transactions=[Transaction(run_app_id(run_id), last_timestep)],
         )
+        if table_exists(path):
+            write_deltalake(str(path), data, mode="overwrite", predicate=f"{PARTITION_COLUMN} = '{_quote(run_id)}'",
+                            partition_by=[PARTITION_COLUMN], writer_properties=_writer_properties(compression),
+                            commit_properties=commit)
+        else:  # nothing to replace yet; an overwrite with a predicate needs an existing table
+            write_deltalake(str(path), data, mode="append", partition_by=[PARTITION_COLUMN],
+                            writer_properties=_writer_properties(compression), commit_properties=commit)
         table = open_table(path)
         assert table is not None
         return table.version()
@@ -267,7 +268,7 @@ def count_rows(path: Path, *, run_id: str | None = None) -> int:
     if table is None:
         return 0
     partitions = [(PARTITION_COLUMN, "=", run_id)] if run_id is not None else None
-    return table.to_pyarrow_dataset(file_pruning_predicate=partitions).count_rows()
+    return int(table.to_pyarrow_dataset(file_pruning_predicate=partitions).count_rows())
 
 
 def version(path: Path) -> int | None:
@@ -287,11 +288,11 @@ def compact_run(path: Path, run_id: str, *, compression: Compression = "zstd", m
         if table is None:
             return {}
         partition = [(PARTITION_COLUMN, "=", run_id)]
-        files = table.to_pyarrow_dataset(file_pruning_predicate=partition).files  # type: ignore[attr-defined]
+        files = table.to_pyarrow_dataset(file_pruning_predicate=partition).files
         if len(files) < min_files:
             return {"numFilesAdded": 0, "numFilesRemoved": 0}
         return table.optimize.compact(
-            partition_filters=partition,  # type: ignore[arg-type]
+            partition_filters=partition,
             target_size=TARGET_FILE_BYTES,
             writer_properties=_writer_properties(compression),
             commit_properties=CommitProperties(custom_metadata={"run_id": run_id, "results_store_step": "compact"}),
@@ -304,7 +305,7 @@ def data_files(path: Path, *, run_id: str | None = None) -> list[str]:
     if table is None:
         return []
     partitions = [(PARTITION_COLUMN, "=", run_id)] if run_id is not None else None
-    return list(table.to_pyarrow_dataset(file_pruning_predicate=partitions).files)  # type: ignore[attr-defined]
+    return list(table.to_pyarrow_dataset(file_pruning_predicate=partitions).files)
 
 
 def vacuum(path: Path, *, retention_hours: int, dry_run: bool = True) -> list[str]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -116,11 +116,11 @@ class _Unconvertible(Exception):
 def to_micros(value: Any) -> int:
     """Microseconds since the epoch (UTC) of a datetime / pd.Timestamp (naive = UTC), ISO string or int µs."""
     if isinstance(value, pd.Timestamp):
-        return (value if value.tzinfo is not None else value.tz_localize("UTC")).value // 1000
+        return int((value if value.tzinfo is not None else value.tz_localize("UTC")).value // 1000)
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        delta = value - _EPOCH
+        delta: timedelta = value - _EPOCH
         return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     if isinstance(value, int) and not isinstance(value, bool):
         return value

@@ -177,7 +177,7 @@ def _rederive_in_place(config: ModeConfig, settings: Any, execution_mode: str, r
         for name in names:
             schema = QUARANTINE_SCHEMA if name == QUARANTINE else arrow_schema(name)
             reader = pads.dataset(spool / name, format="parquet", schema=schema).scanner().to_reader()
-            after[name] = delta_tables.overwrite_run(paths[name], reader, run_id=run_id,  # type: ignore[arg-type]
+            after[name] = delta_tables.overwrite_run(paths[name], reader, run_id=run_id,
                                                      last_timestep=last_step, metadata={**meta, "table": name})
     for name in set(all_result_tables) - set(names):
         if delta_tables.count_rows(paths[name], run_id=run_id):

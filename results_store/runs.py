@@ -110,8 +110,8 @@ def latest_run(root: Path, execution_mode: str, run_id: str) -> dict[str, Any] |
         return None
     rows = rows.sort_values("recorded_at", ascending=False, kind="stable")
     record = {k: (None if _missing(v) else v) for k, v in rows.iloc[0].to_dict().items()}
-    record["row_counts"] = orjson.loads(record["row_counts_json"])
-    record["table_versions"] = orjson.loads(record["table_versions_json"])
+    record["row_counts"] = orjson.loads(record["row_counts_json"] or "{}")
+    record["table_versions"] = orjson.loads(record["table_versions_json"] or "{}")
     return record
 
 

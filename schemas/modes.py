@@ -142,7 +142,8 @@ class ModeConfig(_Strict):
 
     def redacted(self) -> dict[str, Any]:
         """The config as plain data with anything secret-looking masked, for the runs registry."""
-        return _redact(self.model_dump(mode="json"))
+        redacted: dict[str, Any] = _redact(self.model_dump(mode="json"))
+        return redacted
 
 
 _SECRET_WORDS = ("secret", "password", "token_key", "api_key", "apikey", "private_key")

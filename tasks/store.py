@@ -13,9 +13,8 @@ from typing import Any
 
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.runtime import flow_run
-from prefect.states import State
 
 from results_store.drive import backtest_source, collect_pending, current_progress, feed
 from results_store.simulator.live_source import LiveSource
