@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from results_store import delta_tables
 from results_store.flatten import SnapshotItem, flatten_batch
+from results_store.json_policy import default as json_default
 from results_store.validate import quarantine_rejected, validate_table
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig
@@ -52,10 +53,6 @@ class TableWriter(Protocol):
 delta_table_writer: TableWriter = delta_tables.append_exactly_once
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _utf8_array(payloads: Sequence[bytes]) -> pa.Array | pa.ChunkedArray:
@@ -180,7 +177,7 @@ class BatchWriter:
 
     def _raw_table(self, entries: Sequence[Queued]) -> pa.Table:
         dumps, sha = orjson.dumps, hashlib.sha256
-        payloads = [dumps(e[3], default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY) for e in entries]
+        payloads = [dumps(e[3], default=json_default, option=orjson.OPT_SERIALIZE_NUMPY) for e in entries]
         return pa.table(
             {
                 "run_id": pa.repeat(pa.scalar(self.run_id, pa.string()), len(entries)),

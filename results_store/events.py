@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from results_store.json_policy import tagged_default as json_tagged_default
+
 __all__ = ["EVENT_TYPES", "EventLog", "event_log_path"]
 
 EVENT_TYPES = (
@@ -37,17 +39,11 @@ def event_log_path(data_dir: Path) -> Path:
     return Path(data_dir) / "logs" / "events" / "results_store_events.jsonl"
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
 
 
 class _JsonLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return orjson.dumps(record.msg, default=_json_default).decode()
+        return orjson.dumps(record.msg, default=json_tagged_default).decode()
 
 
 class EventLog:

@@ -30,6 +30,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
+from results_store.json_policy import default as json_default
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig
 from schemas.result_types import ResultType
@@ -153,10 +154,6 @@ class _BaseAssets(dict[str, str]):
         return base
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
 
 
 def _integer(value: Any, path: str) -> int:
@@ -454,7 +451,7 @@ def _execution_log(c: _Columns) -> Builder:
             if len(event) > 3 and not event.keys() <= _EVENT_KEYS:
                 # Keys beyond the contract's are kept with the details, not dropped.
                 body = {**body, **{k: v for k, v in event.items() if k not in _EVENT_KEYS}}
-            details_col(dumps(body, default=_json_default, option=_JSON_OPTIONS).decode())
+            details_col(dumps(body, default=json_default, option=_JSON_OPTIONS).decode())
 
     return build
 

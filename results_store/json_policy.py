@@ -5,6 +5,10 @@ files) goes through :func:`dumps`. orjson encodes the JSON types, numpy scalars 
 ``datetime``/``date``; :func:`default` adds the few types with one exact JSON form. Anything else
 raises :class:`UnencodableValue` (a ``TypeError``) naming the key path and the type, so the caller
 can quarantine that one snapshot instead of writing a lossy ``str()`` of it.
+
+Records *about* bad data (quarantine rows, event details) must never fail because of the value
+they describe: :func:`tagged_default` writes such a value as ``{"__unencodable__": type, "repr":
+...}``, visibly not data, instead of raising.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-__all__ = ["JSON_OPTIONS", "UnencodableValue", "default", "dumps", "find_unencodable"]
+__all__ = ["JSON_OPTIONS", "UnencodableValue", "default", "dumps", "find_unencodable", "tagged_default"]
 
 # Numpy scalars and arrays natively.
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -45,11 +49,9 @@ def _decimal(value: Decimal) -> float:
 
 def default(value: Any) -> Any:
     """orjson's ``default`` hook: the types with one exact JSON form; TypeError for the rest."""
-    if isinstance(value, pd.Timestamp):
-        if value is pd.NaT:
-            raise TypeError
-        return value.isoformat()
-    if isinstance(value, datetime | date):
+    if value is pd.NaT:  # a datetime subclass whose isoformat() is "NaT": not a time
+        raise TypeError("NaT")
+    if isinstance(value, datetime | date):  # pd.Timestamp included; its isoformat keeps nanoseconds
         return value.isoformat()
     if isinstance(value, np.generic):
         return value.item()
@@ -58,6 +60,14 @@ def default(value: Any) -> Any:
     if isinstance(value, PurePath):
         return str(value)
     raise TypeError(type(value).__name__)
+
+
+def tagged_default(value: Any) -> Any:
+    """Like :func:`default`, but a value with no exact form becomes a tagged description, never an error."""
+    try:
+        return default(value)
+    except TypeError:
+        return {"__unencodable__": type(value).__name__, "repr": repr(value)[:200]}
 
 
 def find_unencodable(value: Any, path: str = "") -> tuple[str, str] | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import orjson
@@ -26,6 +25,7 @@ import pandera.pandas as pdr
 import pyarrow as pa
 
 from results_store.flatten import Rejected, to_micros
+from results_store.json_policy import tagged_default as json_tagged_default
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig
 from schemas.result_types import ResultType
@@ -48,12 +48,6 @@ class Validated:
     errors: list[ComponentError] = field(default_factory=list)
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
 
 
 def _steps_text(steps: Sequence[int]) -> str:
@@ -147,7 +141,7 @@ def _quarantine_rows(rtype: ResultType, table: pa.Table, cases: pd.DataFrame, ti
     # The row as JSON, once per bad row even when it broke several rules.
     unique_rows, inverse = np.unique(index, return_inverse=True)
     records = table.take(pa.array(unique_rows)).to_pylist()
-    payload_of = [orjson.dumps(r, default=_json_default, option=orjson.OPT_SORT_KEYS).decode() for r in records]
+    payload_of = [orjson.dumps(r, default=json_tagged_default, option=orjson.OPT_SORT_KEYS).decode() for r in records]
     payloads = [payload_of[i] for i in inverse]
     messages = [
         f"{rtype.value}.{column}: rule {_rule_text(rule, description)} failed at timestep {step}"
@@ -197,7 +191,7 @@ def quarantine_rejected(rejected: Sequence[Rejected], run_id: str) -> pa.Table:
                  pa.string()),
         pa.array([r.error.error_code for r in rejected], pa.string()),
         pa.array([r.error.message for r in rejected], pa.string()),
-        pa.array([orjson.dumps(r.payload, default=_json_default, option=option).decode() for r in rejected],
+        pa.array([orjson.dumps(r.payload, default=json_tagged_default, option=option).decode() for r in rejected],
                  pa.string()),
         pa.repeat(pa.scalar(to_micros(datetime.now(UTC)), _UTC_MICROS), n),
     ], schema=QUARANTINE_SCHEMA)

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from results_store.json_policy import default as json_default
+
 __all__ = ["WalEntry", "WriteAheadLog"]
 
 
@@ -27,10 +29,6 @@ class WalEntry:
     results: dict[str, Any]
 
 
-def _default(value: Any) -> Any:
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 class WriteAheadLog:
@@ -49,7 +47,7 @@ class WriteAheadLog:
 
     def append(self, timestep: int, timestamp_us: int, results: dict[str, Any]) -> None:
         """Write one snapshot and fsync it; returns only once it is durable."""
-        line = orjson.dumps({"t": timestep, "ts": timestamp_us, "r": results}, default=_default,
+        line = orjson.dumps({"t": timestep, "ts": timestamp_us, "r": results}, default=json_default,
                             option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
         if self._fd is None:
             self._current = self.directory / f"seg-{timestep:012d}.wal"
