@@ -2,9 +2,9 @@
 
 ``{"timestamp": "2024-01-01T00:00:00+00:00", "timestep": 0, "position_monitor": {...}, ...}``
 
-Timestamps (the line's and the events') are ISO-8601 strings in UTC. Reading turns them back
-into tz-aware ``pd.Timestamp`` objects, so a written engine run reads back equal to what the
-engine yielded.
+Timestamps are ISO-8601 strings: the line's in UTC, the events' as the project's JSON policy
+writes them (with their own offset; the engine's are UTC). Reading turns them back into tz-aware
+UTC ``pd.Timestamp`` objects, so a written engine run reads back equal to what the engine yielded.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 import pandas as pd
 
+from results_store.json_policy import dumps
+from results_store.utc import to_utc
 from schemas.errors import ComponentError
 
 __all__ = ["SnapshotSource", "read_jsonl", "write_jsonl"]
@@ -33,40 +35,28 @@ class SnapshotSource(Protocol):
         ...
 
 
-def _utc(value: Any) -> pd.Timestamp:
-    stamp = pd.Timestamp(value)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, pd.Timestamp):
-        return _utc(value).isoformat()
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def write_jsonl(source: SnapshotSource | Iterable[tuple[Any, dict[str, Any]]], path: Path | str) -> int:
     """Write snapshots one per line and return how many were written.
 
     ``source`` is an engine (anything with ``iter_snapshots()``) or an iterable of
     ``(timestamp, results)`` pairs. A result without ``"timestep"`` is numbered by its position.
+    Values are encoded by the project's JSON policy (:func:`results_store.json_policy.dumps`): a
+    value with no lossless JSON form raises ``UnencodableValue`` and no file is written.
     The file appears under its name only when complete (written beside it, then renamed), so a
     watcher never picks up half a file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pairs = source.iter_snapshots() if isinstance(source, SnapshotSource) else source
-    option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
     partial = path.with_name(path.name + ".part")
     count = 0
     try:
         with partial.open("wb") as handle:
             for index, (timestamp, results) in enumerate(pairs):
-                line: dict[str, Any] = {"timestamp": _utc(timestamp).isoformat(),
+                line: dict[str, Any] = {"timestamp": to_utc(timestamp).isoformat(),
                                         "timestep": results.get("timestep", index)}
                 line.update((k, v) for k, v in results.items() if k != "timestep")
-                handle.write(orjson.dumps(line, default=_default, option=option))
+                handle.write(dumps(line, option=orjson.OPT_APPEND_NEWLINE))
                 count += 1
         os.replace(partial, path)
     except BaseException:
@@ -84,7 +74,7 @@ def _parse_time(raw: Any, path: Path, line_no: int, what: str) -> pd.Timestamp:
     if not isinstance(raw, str):
         raise _bad(path, line_no, f"{what} must be an ISO-8601 string, got {raw!r}")
     try:
-        return _utc(raw)
+        return to_utc(raw)
     except (TypeError, ValueError) as exc:
         raise _bad(path, line_no, f"{what} {raw!r} is not an ISO-8601 timestamp", exc) from None
 

@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from results_store.simulator.reference import ReferenceEngine, parse_freq, to_utc
+from results_store.simulator.reference import ReferenceEngine, parse_freq
+from results_store.utc import to_utc
 from schemas.modes import ModeConfig
 
 __all__ = ["LiveSource", "ReferenceLiveSource"]

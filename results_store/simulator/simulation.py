@@ -1,29 +1,16 @@
 """The reference strategies, run through the market paths once, into per-timestep holdings arrays.
 
-A mode's strategy is read from its config (:class:`StrategyPlan`). The simulation is event driven:
-the strategy decides only at *decision steps* — every timestep that crosses a full hour (hedge,
-margin, releverage and gas-float checks; funding at the 8-hour boundaries; basis compounding and
-the LTV soft band at 00:00 UTC) and the step after the risk monitor saw the LTV at or above ``max_ltv``. Between two
-decision steps nothing but accrual happens: aToken and debt balances grow by the per-step factors
-``1 + apr * dt`` and sporadic transactions burn gas, so those stretches are filled with numpy in
-one go. A year at one minute takes ~8,800 Python iterations, not 525,600.
+A mode's strategy is read from its config (:mod:`~results_store.simulator.plan`). The simulation
+is event driven: the strategy decides only at *decision steps* — every timestep that crosses a
+full hour (hedge, margin, releverage and gas-float checks; funding at the 8-hour boundaries; basis
+compounding and the LTV soft band at 00:00 UTC) and the step after the risk monitor saw the LTV
+at or above ``max_ltv``. Between two decision steps nothing but accrual happens: aToken and debt
+balances grow by the per-step factors ``1 + apr * dt`` and sporadic transactions burn gas, so
+those stretches are filled with numpy in one go. A year at one minute takes ~8,800 Python
+iterations, not 525,600.
 
-Attribution is computed afterwards, vectorised, from the holdings arrays. For each step the
-change in portfolio value is split into disjoint effects, each from its economic source:
-
-- ``delta_pnl``: the previous step's net units of ETH/BTC (spot, staked ETH at the previous
-  weETH rate, minus debt, plus perp sizes) times the price change;
-- ``staking_yield_oracle``: weETH held (wallet or supplied) times the change of the weETH/ETH
-  rate, at the new price;
-- ``supply_yield`` / ``borrow_costs``: the per-step accrual of aToken / debt balances, at the new
-  prices;
-- ``funding_pnl``: funding payments; ``transaction_costs``: gas and trading fees.
-
-Every trade the strategy makes is value-neutral at the step's prices apart from its fee
-(rebalances at the oracle rate, spot trades at the mark, perp resizes realise exactly the PnL they
-remove from the position), and airdropped dust tokens are carried at zero value. So in exact
-arithmetic the effects sum to the change of the balance-based value; what remains is
-floating-point rounding, which the engine reports per timestep instead of hiding it anywhere.
+Attribution is computed afterwards, vectorised, from the holdings arrays
+(:mod:`~results_store.simulator.attribution`).
 """
 
 from __future__ import annotations
@@ -34,21 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from results_store.simulator.market import DEPEG_MAX, FUNDING_INTERVAL_SECONDS, ORACLE_NOISE_BOUND, Market
-from schemas.errors import ComponentError
-from schemas.modes import ModeConfig
+from results_store.simulator.attribution import Holdings, Increments, attribute, balance_value
+from results_store.simulator.market import FUNDING_INTERVAL_SECONDS, Market
+from results_store.simulator.plan import LTV_SOFT_BAND, StrategyPlan
 
 __all__ = [
-    "ATTRIBUTION_TYPES",
+    "MARGIN_MAINTENANCE",
+    "Event",
     "PortfolioPaths",
-    "StrategyPlan",
-    "plan_for",
     "simulate_portfolio",
 ]
-
-ATTRIBUTION_TYPES = (
-    "supply_yield", "staking_yield_oracle", "borrow_costs", "funding_pnl", "delta_pnl", "transaction_costs",
-)
 
 SPOT_FEE = 0.0006                # taker fee of a CEX spot trade
 PERP_FEE = 0.0004                # taker fee of a perpetual trade
@@ -61,7 +43,6 @@ MARGIN_TARGET = 1.0 / 3.0        # CEX equity over short notional in the market-
 MARGIN_LOW, MARGIN_HIGH = 0.15, 0.60
 MARGIN_MAINTENANCE = 0.05
 HEDGE_DRIFT = 0.01               # resize the perp hedge when it is off by more than this share
-LTV_SOFT_BAND = 0.008            # daily (00:00 UTC): deleverage to target above target + band
 LTV_RELEVER_BAND = 0.015         # hourly: releverage to target below target - band
 AT_RISK_CUT = 0.003              # after an at-risk report: LTV to min(current, max_ltv) - cut
 COMPOUND_THRESHOLD = 0.001       # basis: reinvest funding income above this share of a venue's capital
@@ -81,157 +62,16 @@ def _gas_eth(u_price: np.ndarray | float, u_units: np.ndarray | float) -> Any:
     return (10.0 + 40.0 * u_price) * (100_000.0 + 250_000.0 * u_units) * 1e-9
 
 
-def _a_token(asset: str) -> str:
-    return "a" + asset[:1].upper() + asset[1:]
-
-
-@dataclass(frozen=True)
-class StrategyPlan:
-    """What the engine simulates for one mode, derived from and checked against its config."""
-
-    mode: str
-    share_usd: bool
-    capital: float
-    spot: str                      # ETH or BTC: the asset held/hedged; "" for USDT lending
-    staking: bool
-    leveraged: bool
-    lending_usdt: bool
-    basis: bool
-    hedge_venues: tuple[str, ...]
-    target_ltv: float
-    max_ltv: float
-    liquidation_threshold: float
-    staking_token: str
-    supply_token: str
-    debt_token: str
-    wallet_tokens: tuple[str, ...]
-    cex_assets: tuple[str, ...]
-    instrument: str
-    tracked_assets: tuple[str, ...]
-    attribution_types: tuple[str, ...]
-    funding_venues: tuple[str, ...]
-    delta_assets: tuple[str, ...]
-    dust_tokens: tuple[str, ...]
-    tx_per_day: float
-
-    @property
-    def hedged(self) -> bool:
-        return bool(self.hedge_venues)
-
-    @property
-    def gas_in_eth(self) -> bool:
-        """On-chain ETH strategies pay gas in ETH; USDT lending pays it in USDT; basis is CEX only."""
-        return self.staking
-
-    @property
-    def onchain(self) -> bool:
-        return self.staking or self.lending_usdt
-
-
-def _fail(mode: str, message: str) -> ComponentError:
-    return ComponentError("RST-201", f"mode {mode!r}: the reference engine cannot simulate it: {message}")
-
-
-def plan_for(config: ModeConfig) -> StrategyPlan:
-    """Derive the simulated strategy from a mode config; RST-201 if the combination is unsupported.
-
-    Supported: USDT lending; CEX basis (spot + short perps); ETH staking (optionally leveraged
-    with a lending market) in the ETH share class; the same staking, optionally leveraged, with
-    its ETH delta hedged on perps in the USDT share class.
-    """
-    name = config.mode
-    st, rs = config.strategy, config.results_store
-    share_usd = st.share_class == "USDT"
-    if st.share_class not in ("USDT", "ETH"):
-        raise _fail(name, f"share class {st.share_class} is not simulated (USDT or ETH)")
-    staking = st.staking_token is not None
-    lending = st.lending
-    leveraged = lending is not None and lending.borrow_asset is not None
-    hedged = bool(st.hedge_venues)
-    if hedged and sorted(st.hedge_venues) != sorted(st.cex_venues):
-        raise _fail(name, "hedge_venues and cex_venues must name the same venues (margin sits beside the hedge)")
-    if not hedged and st.cex_venues:
-        raise _fail(name, "cex_venues without hedge_venues")
-    lending_usdt = lending is not None and not leveraged and lending.supply_asset == "USDT"
-    if lending is not None and not leveraged and not lending_usdt:
-        raise _fail(name, "unlevered lending must supply USDT")
-    if leveraged:
-        assert lending is not None
-        if not staking or lending.supply_asset != st.staking_token or lending.borrow_asset != "WETH":
-            raise _fail(name, "leverage must supply the staking token and borrow WETH")
-        if not 0 < lending.target_ltv < lending.max_ltv < lending.liquidation_threshold < 1:
-            raise _fail(name, "need 0 < target_ltv < max_ltv < liquidation_threshold < 1")
-        # The deepest feed dip on a position at target + soft band must stay below liquidation.
-        if (lending.target_ltv + LTV_SOFT_BAND) / (1 - DEPEG_MAX - ORACLE_NOISE_BOUND) >= lending.liquidation_threshold:
-            raise _fail(name, "target_ltv too close to liquidation_threshold for the simulated rate dips")
-    if lending_usdt and (staking or hedged):
-        raise _fail(name, "USDT lending is simulated on its own")
-    basis = hedged and not staking
-    if staking and (st.spot_asset or "ETH") != "ETH":
-        raise _fail(name, "staking needs spot_asset ETH")
-    if share_usd and staking and not hedged:
-        raise _fail(name, "USDT-share staking must hedge its ETH delta")
-    if not share_usd and (hedged or not staking):
-        raise _fail(name, "the ETH share class is simulated for (leveraged) staking only")
-    if basis and st.spot_asset is None:
-        raise _fail(name, "a basis trade needs spot_asset")
-    if not (basis or staking or lending_usdt):
-        raise _fail(name, "nothing to simulate: no lending, staking or hedge")
-    spot = "" if lending_usdt else (st.spot_asset or "ETH")
-    staking_token = st.staking_token or ""
-    supply_token = _a_token(lending.supply_asset) if lending is not None else ""
-    debt_token = f"variableDebt{lending.borrow_asset}" if leveraged and lending is not None else ""
-
-    if lending_usdt:
-        wallet = ["USDT", supply_token]
-    elif basis:
-        wallet = ["USDT"]
-    else:
-        wallet = ["ETH"] + ([supply_token, debt_token] if leveraged else [staking_token])
-    cex = ["USDT", spot] if basis else (["USDT"] if hedged else [])
-    missing = [t for t in wallet + cex if t not in rs.balance_sheet_assets]
-    if missing:
-        raise _fail(name, f"balance_sheet_assets lacks {missing}, which the strategy holds")
-    required = {"transaction_costs"}
-    if lending_usdt or leveraged:
-        required.add("supply_yield")
-    if leveraged:
-        required.add("borrow_costs")
-    if staking:
-        required.add("staking_yield_oracle")
-    if hedged:
-        required |= {"funding_pnl", "delta_pnl"}
-    unknown = [t for t in rs.pnl_attribution_types if t not in ATTRIBUTION_TYPES]
-    if unknown:
-        raise _fail(name, f"unknown pnl_attribution_types {unknown}; simulated: {list(ATTRIBUTION_TYPES)}")
-    absent = sorted(required - set(rs.pnl_attribution_types))
-    if absent:
-        raise _fail(name, f"pnl_attribution_types lacks {absent}; without them the attribution cannot reconcile")
-    if not set(rs.funding_tracking_venues) <= set(st.hedge_venues):
-        raise _fail(name, "funding_tracking_venues must be hedge venues")
-    if not set(rs.delta_tracking_assets) <= {spot}:
-        raise _fail(name, f"delta_tracking_assets may only name the spot asset {spot!r}")
-    if leveraged:
-        tx_per_day = 3.0
-    elif staking and hedged:
-        tx_per_day = 2.0
-    elif staking or lending_usdt:
-        tx_per_day = 1.0
-    else:
-        tx_per_day = 0.0
-    return StrategyPlan(
-        mode=name, share_usd=share_usd, capital=float(st.initial_capital), spot=spot, staking=staking,
-        leveraged=leveraged, lending_usdt=lending_usdt, basis=basis, hedge_venues=tuple(st.hedge_venues),
-        target_ltv=lending.target_ltv if leveraged and lending else 0.0,
-        max_ltv=lending.max_ltv if leveraged and lending else 0.0,
-        liquidation_threshold=lending.liquidation_threshold if leveraged and lending else 0.0,
-        staking_token=staking_token, supply_token=supply_token, debt_token=debt_token,
-        wallet_tokens=tuple(t for t in rs.balance_sheet_assets if t in wallet), cex_assets=tuple(cex),
-        instrument=f"{spot}USDT-PERP" if hedged else "", tracked_assets=tuple(rs.balance_sheet_assets),
-        attribution_types=tuple(rs.pnl_attribution_types), funding_venues=tuple(rs.funding_tracking_venues),
-        delta_assets=tuple(rs.delta_tracking_assets), dust_tokens=tuple(rs.dust_tracking_tokens),
-        tx_per_day=tx_per_day,
-    )
+def _sporadic_gas(plan: StrategyPlan, market: Market, eth: np.ndarray | None) -> np.ndarray:
+    """Gas per step of the sporadic transactions (claims, approvals, oracle pokes...) that only cost gas."""
+    draws = market.uniforms("gas", 3)
+    p_tx = min(1.0, plan.tx_per_day * market.step_seconds / SECONDS_PER_DAY)
+    occurs = draws[:, 0] < p_tx
+    occurs[:1] = False
+    gas: np.ndarray = np.where(occurs, _gas_eth(draws[:, 1], draws[:, 2]), 0.0)
+    if plan.lending_usdt and eth is not None:
+        gas *= eth  # paid in USDT at the ETH price of the moment
+    return gas
 
 
 Event = tuple[str, dict[str, Any]]
@@ -291,6 +131,8 @@ class _Book:
 
 
 class _Simulation:
+    """One run of a plan through the market: the book held as Python floats, recorded into arrays step by step."""
+
     def __init__(self, plan: StrategyPlan, market: Market) -> None:
         self.p = plan
         self.m = market
@@ -328,16 +170,8 @@ class _Simulation:
         self.g_supply, self.idx_supply = market.growth("weeth_supply") if lev else nothing
         self.g_borrow, self.idx_borrow = market.growth("weth_borrow") if lev else nothing
         self.g_usdt, self.idx_usdt = market.growth("usdt_supply") if plan.lending_usdt else nothing
-        # Sporadic transactions (claims, approvals, oracle pokes...) that only cost gas.
-        draws = market.uniforms("gas", 3)
-        p_tx = min(1.0, plan.tx_per_day * market.step_seconds / SECONDS_PER_DAY)
-        occurs = draws[:, 0] < p_tx
-        occurs[:1] = False
-        gas = np.where(occurs, _gas_eth(draws[:, 1], draws[:, 2]), 0.0)
-        if plan.lending_usdt and self.eth is not None:
-            gas *= self.eth  # paid in USDT at the ETH price of the moment
-        self.gas = gas
-        self.gas_cum = np.cumsum(gas)
+        self.gas = _sporadic_gas(plan, market, self.eth)
+        self.gas_cum = np.cumsum(self.gas)
         self.action_gas = _gas_eth(market.uniforms("action_gas", 1)[:, 0], 0.8)
         self.gas_float = RESERVE_SHARE * plan.capital / (float(self.eth[0]) if plan.share_usd and self.eth is not None
                                                           and plan.gas_in_eth else 1.0)
@@ -387,49 +221,69 @@ class _Simulation:
 
     # -- opening ----------------------------------------------------------------------------------
     def open(self) -> None:
-        p, b, t = self.p, self.b, 0
-        c = p.capital
+        """Step 0: put the capital to work as the strategy prescribes."""
+        p = self.p
         if p.lending_usdt:
-            b.w_usdt = RESERVE_SHARE * c
-            b.a_usdt = c - b.w_usdt
-            self.event(t, "COLLATERAL_SUPPLIED", asset="USDT", amount=b.a_usdt, token=p.supply_token)
-            self.pay_gas(t, "supply")
+            self._open_lending(p.capital)
         elif p.basis:
-            assert self.spot is not None
-            s = float(self.spot[t])
-            b.w_usdt = RESERVE_SHARE * c
-            self.venue_capital = (c - b.w_usdt) / self.nv
-            for v, venue in enumerate(p.hedge_venues):
-                step = SPOT_STEP[p.spot]
-                qty = math.floor(BASIS_SPOT_SHARE * self.venue_capital / (s * (1 + SPOT_FEE)) / step) * step
-                fee = qty * s * SPOT_FEE
-                b.cex_usdt[v] = self.venue_capital - qty * s - fee
-                b.cex_spot[v] = qty
-                self.tc_inc[t] -= fee
-                self.event(t, "TRADE_EXECUTED", venue=venue, instrument=f"{p.spot}USDT", side="buy", size=qty,
-                           price=s, fee=fee)
-            self.hedge(t, force=True)
-            self.base_usdt = list(b.cex_usdt)
+            self._open_basis(p.capital)
         elif not p.share_usd:
-            b.w_eth = RESERVE_SHARE * c
-            self.stake(t, c - b.w_eth)
-            self.pay_gas(t, "stake")
+            self._open_staking(p.capital)
         else:
-            assert self.eth is not None
-            s = float(self.eth[t])
-            exposure_usd = c / (1 + MARGIN_TARGET)
-            qty = exposure_usd / (s * (1 + SPOT_FEE))
-            for v, venue in enumerate(p.hedge_venues):
-                fee = qty / self.nv * s * SPOT_FEE
-                b.cex_usdt[v] = c / self.nv - qty / self.nv * s - fee
-                self.tc_inc[t] -= fee
-                self.event(t, "TRADE_EXECUTED", venue=venue, instrument="ETHUSDT", side="buy", size=qty / self.nv,
-                           price=s, fee=fee)
-            b.w_eth = self.gas_float
-            self.stake(t, qty - b.w_eth)
-            self.pay_gas(t, "stake")
-            self.hedge(t, force=True)
-        self.store(t)
+            self._open_hedged_staking(p.capital)
+        self.store(0)
+
+    def _open_lending(self, c: float) -> None:
+        """USDT lending: supply the capital but a wallet reserve."""
+        p, b, t = self.p, self.b, 0
+        b.w_usdt = RESERVE_SHARE * c
+        b.a_usdt = c - b.w_usdt
+        self.event(t, "COLLATERAL_SUPPLIED", asset="USDT", amount=b.a_usdt, token=p.supply_token)
+        self.pay_gas(t, "supply")
+
+    def _open_basis(self, c: float) -> None:
+        """Basis: split the capital over the venues, buy spot with part of it and short it on perps."""
+        p, b, t = self.p, self.b, 0
+        assert self.spot is not None
+        s = float(self.spot[t])
+        b.w_usdt = RESERVE_SHARE * c
+        self.venue_capital = (c - b.w_usdt) / self.nv
+        for v, venue in enumerate(p.hedge_venues):
+            step = SPOT_STEP[p.spot]
+            qty = math.floor(BASIS_SPOT_SHARE * self.venue_capital / (s * (1 + SPOT_FEE)) / step) * step
+            fee = qty * s * SPOT_FEE
+            b.cex_usdt[v] = self.venue_capital - qty * s - fee
+            b.cex_spot[v] = qty
+            self.tc_inc[t] -= fee
+            self.event(t, "TRADE_EXECUTED", venue=venue, instrument=f"{p.spot}USDT", side="buy", size=qty,
+                       price=s, fee=fee)
+        self.hedge(t, force=True)
+        self.base_usdt = list(b.cex_usdt)
+
+    def _open_staking(self, c: float) -> None:
+        """ETH share class: stake the capital (looped when leveraged) but a gas reserve."""
+        b, t = self.b, 0
+        b.w_eth = RESERVE_SHARE * c
+        self.stake(t, c - b.w_eth)
+        self.pay_gas(t, "stake")
+
+    def _open_hedged_staking(self, c: float) -> None:
+        """USDT share class: buy ETH on the venues, stake it, keep margin beside the perp hedge."""
+        p, b, t = self.p, self.b, 0
+        assert self.eth is not None
+        s = float(self.eth[t])
+        exposure_usd = c / (1 + MARGIN_TARGET)
+        qty = exposure_usd / (s * (1 + SPOT_FEE))
+        for v, venue in enumerate(p.hedge_venues):
+            fee = qty / self.nv * s * SPOT_FEE
+            b.cex_usdt[v] = c / self.nv - qty / self.nv * s - fee
+            self.tc_inc[t] -= fee
+            self.event(t, "TRADE_EXECUTED", venue=venue, instrument="ETHUSDT", side="buy", size=qty / self.nv,
+                       price=s, fee=fee)
+        b.w_eth = self.gas_float
+        self.stake(t, qty - b.w_eth)
+        self.pay_gas(t, "stake")
+        self.hedge(t, force=True)
 
     def stake(self, t: int, eth: float) -> None:
         """Stake ETH into weETH and, when leveraged, loop it to the target LTV in one transaction."""
@@ -637,31 +491,11 @@ class _Simulation:
         ratio = sum(equity) / notional
         if MARGIN_LOW <= ratio <= MARGIN_HIGH:
             return False
-        total = self.eth_units(t) * s + sum(equity)
-        per_venue = MARGIN_TARGET / (1 + MARGIN_TARGET) * total / self.nv
-        for v in range(self.nv):
-            if per_venue - equity[v] < -b.cex_usdt[v]:
-                # Unrealised perp gains cannot be withdrawn: roll the position (close and reopen at
-                # the mark) so they become USDT in the account.
-                self.roll_perp(t, v)
-                equity[v] = b.cex_usdt[v]
-        moves = [per_venue - equity[v] for v in range(self.nv)]
+        moves = self._margin_moves(t, s, equity)
         usd = sum(moves)
         if abs(usd) < 1e-9 * notional:
             return False
-        if usd > 0:
-            qty = -self.change_staked(t, -usd / (s * (1 - SPOT_FEE)))
-            fee = qty * s * SPOT_FEE
-            received = qty * s * (1 - SPOT_FEE)
-            if received < usd:  # the guard in change_staked capped the sale: shrink the top-ups
-                topups = sum(m for m in moves if m > 0)
-                scale = (received - (usd - topups)) / topups
-                moves = [m * scale if m > 0 else m for m in moves]
-            side = "sell"
-        else:
-            fee = -usd * SPOT_FEE / (1 + SPOT_FEE)
-            qty = self.change_staked(t, (-usd - fee) / s)
-            side = "buy"
+        qty, fee, side, moves = self._trade_staked_for_margin(t, s, usd, moves)
         for v in range(self.nv):
             b.cex_usdt[v] += moves[v]
         self.tc_inc[t] -= fee
@@ -672,6 +506,38 @@ class _Simulation:
                    fee=fee)
         self.pay_gas(t, "unstake" if side == "sell" else "stake")
         return True
+
+    def _margin_moves(self, t: int, s: float, equity: list[float]) -> list[float]:
+        """USDT into (> 0) or out of (< 0) each venue's account that brings its equity to the target margin."""
+        b = self.b
+        total = self.eth_units(t) * s + sum(equity)
+        per_venue = MARGIN_TARGET / (1 + MARGIN_TARGET) * total / self.nv
+        for v in range(self.nv):
+            if per_venue - equity[v] < -b.cex_usdt[v]:
+                # Unrealised perp gains cannot be withdrawn: roll the position (close and reopen at
+                # the mark) so they become USDT in the account.
+                self.roll_perp(t, v)
+                equity[v] = b.cex_usdt[v]
+        return [per_venue - equity[v] for v in range(self.nv)]
+
+    def _trade_staked_for_margin(self, t: int, s: float, usd: float, moves: list[float]
+                                 ) -> tuple[float, float, str, list[float]]:
+        """Sell staked ETH for a net top-up of ``usd`` (> 0), or buy and stake ETH with released margin.
+
+        Returns ``(quantity, fee, side, moves)``; the top-ups shrink when the sale was capped.
+        """
+        if usd > 0:
+            qty = -self.change_staked(t, -usd / (s * (1 - SPOT_FEE)))
+            fee = qty * s * SPOT_FEE
+            received = qty * s * (1 - SPOT_FEE)
+            if received < usd:  # the guard in change_staked capped the sale: shrink the top-ups
+                topups = sum(m for m in moves if m > 0)
+                scale = (received - (usd - topups)) / topups
+                moves = [m * scale if m > 0 else m for m in moves]
+            return qty, fee, "sell", moves
+        fee = -usd * SPOT_FEE / (1 + SPOT_FEE)
+        qty = self.change_staked(t, (-usd - fee) / s)
+        return qty, fee, "buy", moves
 
     def roll_perp(self, t: int, v: int) -> None:
         """Close venue v's perp and reopen it at the mark: its PnL is realised, its entry is the mark."""
@@ -761,21 +627,18 @@ class _Simulation:
 
     # -- after the loop ---------------------------------------------------------------------------
     def finish(self) -> PortfolioPaths:
+        """The book as arrays, with its events, value, attribution, LTV, dust and funding."""
         p = self.p
         self._sporadic_events()
         dust = self._dust()
-        value = self._value()
-        attribution = self._attribution()
+        holdings = self.holdings()
+        value = balance_value(holdings)
+        attribution = attribute(holdings, Increments(g_supply=self.g_supply, g_borrow=self.g_borrow, g_usdt=self.g_usdt,
+                                                     funding=self.funding_inc, transaction_costs=self.tc_inc))
         ltv = None
         if self.debt is not None and self.a_weeth is not None and self.rate is not None:
             ltv = self.debt / (self.a_weeth * self.rate)
-        if self.funding_records:
-            steps = np.array([t for t, _ in self.funding_records], dtype=np.int64)
-            payments = np.array([pay for _, pay in self.funding_records])
-            cumulative = np.cumsum(payments, axis=0)
-        else:
-            steps = np.zeros(0, dtype=np.int64)
-            payments = cumulative = np.zeros((0, max(self.nv, 1)))
+        steps, payments, cumulative = self._funding_arrays()
         return PortfolioPaths(
             plan=p, w_usdt=self.w_usdt, w_eth=self.w_eth, w_weeth=self.w_weeth, a_usdt=self.a_usdt,
             a_weeth=self.a_weeth, debt=self.debt, cex_usdt=self.cex_usdt, cex_spot=self.cex_spot,
@@ -783,6 +646,24 @@ class _Simulation:
             dust=dust, events=self.events, funding_steps=steps, funding_payments=payments,
             funding_cumulative=cumulative,
         )
+
+    def holdings(self) -> Holdings:
+        """The holdings arrays and the prices they are valued at."""
+        return Holdings(plan=self.p, n=self.n, eth=self.eth, spot=self.spot, rate=self.rate, w_usdt=self.w_usdt,
+                        w_eth=self.w_eth, w_weeth=self.w_weeth, a_usdt=self.a_usdt, a_weeth=self.a_weeth, debt=self.debt,
+                        cex_usdt=self.cex_usdt, cex_spot=self.cex_spot, perp_size=self.perp_size,
+                        perp_entry=self.perp_entry)
+
+    def _funding_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The steps with a funding payment, the payments (step x venue) and their running totals."""
+        if self.funding_records:
+            steps = np.array([t for t, _ in self.funding_records], dtype=np.int64)
+            payments = np.array([pay for _, pay in self.funding_records])
+            cumulative = np.cumsum(payments, axis=0)
+        else:
+            steps = np.zeros(0, dtype=np.int64)
+            payments = cumulative = np.zeros((0, max(self.nv, 1)))
+        return steps, payments, cumulative
 
     def _sporadic_events(self) -> None:
         """Gas of the sporadic transactions: first event of its step (it happened before any decision)."""
@@ -808,87 +689,6 @@ class _Simulation:
             out[token] = np.cumsum(amounts)
             for t in np.flatnonzero(occurs).tolist():
                 self.event(t, "DUST_AIRDROP", asset=token, amount=float(amounts[t]))
-        return out
-
-    def _value(self) -> np.ndarray:
-        """Balance-based portfolio value in share-class units (dust at zero)."""
-        p = self.p
-        value = np.zeros(self.n)
-        eth_units = np.zeros(self.n)
-        if self.w_eth is not None:
-            eth_units += self.w_eth
-        if self.rate is not None:
-            staked = self.w_weeth if self.w_weeth is not None else self.a_weeth
-            assert staked is not None
-            eth_units += staked * self.rate
-        if self.debt is not None:
-            eth_units -= self.debt
-        if not p.share_usd:
-            return eth_units
-        for cash in (self.w_usdt, self.a_usdt):
-            if cash is not None:
-                value += cash
-        if self.cex_usdt is not None:
-            value += self.cex_usdt.sum(axis=0)
-        if self.eth is not None and (self.w_eth is not None or self.rate is not None):
-            value += eth_units * self.eth
-        if self.spot is not None and self.cex_spot is not None:
-            value += self.cex_spot.sum(axis=0) * self.spot
-        if self.spot is not None and self.perp_size is not None and self.perp_entry is not None:
-            value += (self.perp_size * (self.spot - self.perp_entry)).sum(axis=0)
-        return value
-
-    def _attribution(self) -> dict[str, np.ndarray | None]:
-        """Cumulative PnL per type from its source; see the module docstring."""
-        p, n = self.p, self.n
-        px = self.eth if p.share_usd and self.eth is not None else np.ones(n)
-        out: dict[str, np.ndarray | None] = dict.fromkeys(p.attribution_types)
-
-        def emit(name: str, increments: np.ndarray) -> None:
-            if name in out:
-                out[name] = np.cumsum(increments)
-
-        if self.rate is not None:
-            staked = self.w_weeth if self.w_weeth is not None else self.a_weeth
-            assert staked is not None
-            inc = np.zeros(n)
-            inc[1:] = staked[:-1] * (self.rate[1:] - self.rate[:-1]) * px[1:]
-            emit("staking_yield_oracle", inc)
-        if self.a_weeth is not None or self.a_usdt is not None:
-            inc = np.zeros(n)
-            if self.a_weeth is not None and self.rate is not None:
-                inc[1:] += self.a_weeth[:-1] * (self.g_supply[1:] - 1.0) * self.rate[1:] * px[1:]
-            if self.a_usdt is not None:
-                inc[1:] += self.a_usdt[:-1] * (self.g_usdt[1:] - 1.0)
-            emit("supply_yield", inc)
-        if self.debt is not None:
-            inc = np.zeros(n)
-            inc[1:] = -self.debt[:-1] * (self.g_borrow[1:] - 1.0) * px[1:]
-            emit("borrow_costs", inc)
-        if p.share_usd and p.spot:
-            assert self.spot is not None
-            inc = np.zeros(n)
-            if self.eth is not None and (self.w_eth is not None or self.rate is not None):
-                units = np.zeros(n - 1)
-                if self.w_eth is not None:
-                    units += self.w_eth[:-1]
-                if self.rate is not None:
-                    staked = self.w_weeth if self.w_weeth is not None else self.a_weeth
-                    assert staked is not None
-                    units += staked[:-1] * self.rate[:-1]
-                if self.debt is not None:
-                    units -= self.debt[:-1]
-                inc[1:] += units * (self.eth[1:] - self.eth[:-1])
-            spot_units = np.zeros(n - 1) if n else np.zeros(0)
-            if self.cex_spot is not None:
-                spot_units += self.cex_spot[:, :-1].sum(axis=0)
-            if self.perp_size is not None:
-                spot_units += self.perp_size[:, :-1].sum(axis=0)
-            inc[1:] += spot_units * (self.spot[1:] - self.spot[:-1])
-            emit("delta_pnl", inc)
-        if self.funding_inc is not None:
-            emit("funding_pnl", self.funding_inc)
-        emit("transaction_costs", self.tc_inc)
         return out
 
 
