@@ -1,16 +1,25 @@
 """The component's event log: ``{data_dir}/logs/events/results_store_events.jsonl``.
 
-JSON Lines through the standard library's rotating handler (daily, 30 days kept). Backtest
-buffers events in a MemoryHandler and flushes on batch boundaries and errors; live writes each
-event at once.
+One JSON line per event. Several processes write the same file (the every-minute live flow,
+backtests, the inbox), so a write is one ``os.write`` of whole lines on an ``O_APPEND`` descriptor,
+made while holding an exclusive ``flock`` on ``.events.lock`` beside the file: lines never tear or
+interleave, and rotation (the standard library's rotating handler renames the file under other
+processes' feet) happens under the same lock. Rotation is daily by UTC date: the first writer of a
+new day renames yesterday's file to ``results_store_events.jsonl.YYYY-MM-DD`` and removes rotated
+files older than 30 days.
+
+A backtest buffers its events in memory and writes them at batch boundaries; an error event is
+written at once, with everything buffered before it. Live writes each event at once. Writing the
+log never raises: on a full disk an event log must not hide the run's own error, so failed writes
+are counted (``dropped``) and reported once on stderr.
 """
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
-import threading
-from datetime import UTC, datetime
+import fcntl
+import os
+import sys
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +27,7 @@ import orjson
 
 from results_store.json_policy import tagged_default as json_tagged_default
 
-__all__ = ["EVENT_TYPES", "EventLog", "event_log_path"]
+__all__ = ["EVENT_TYPES", "KEEP_DAYS", "URGENT_EVENT_TYPES", "EventLog", "event_log_path"]
 
 EVENT_TYPES = (
     "component_initialization",
@@ -30,65 +39,94 @@ EVENT_TYPES = (
     "write_timeout",
     "run_finalized",
 )
-
-_counter = 0
-_counter_lock = threading.Lock()
+# Events that reach disk at once even when the log buffers.
+URGENT_EVENT_TYPES = frozenset({"error", "storage_failed", "write_timeout", "queue_full", "run_finalized"})
+KEEP_DAYS = 30
 
 
 def event_log_path(data_dir: Path) -> Path:
     return Path(data_dir) / "logs" / "events" / "results_store_events.jsonl"
 
 
-
-
-class _JsonLineFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return orjson.dumps(record.msg, default=json_tagged_default).decode()
-
-
 class EventLog:
-    """Writes the spec's events as JSON lines; one instance per store."""
+    """Writes the spec's events as JSON lines; one instance per store, any number of processes per file."""
 
     def __init__(self, data_dir: Path, *, buffered: bool, component: str = "ResultsStore") -> None:
-        global _counter
-        path = event_log_path(data_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _counter_lock:
-            _counter += 1
-            name = f"results_store.events.{_counter}"
+        self.path = event_log_path(data_dir)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.component = component
-        self._logger = logging.getLogger(name)
-        self._logger.propagate = False
-        self._logger.setLevel(logging.INFO)
-        self._file = logging.handlers.TimedRotatingFileHandler(
-            path, when="midnight", backupCount=30, utc=True, encoding="utf-8"
-        )
-        self._file.setFormatter(_JsonLineFormatter())
-        self._handler: logging.Handler = self._file
-        if buffered:
-            # flushLevel=ERROR: an error event reaches disk at once, with what led up to it.
-            self._handler = logging.handlers.MemoryHandler(
-                capacity=10_000, flushLevel=logging.ERROR, target=self._file, flushOnClose=True
-            )
-        self._logger.addHandler(self._handler)
-        self.path = path
+        self.buffered = buffered
+        self.dropped = 0
+        self._pending: list[bytes] = []
+        self._lock_path = self.path.with_name(".events.lock")
 
     def log_event(self, event_type: str, data: dict[str, Any], *, timestamp: datetime | None = None,
-                  level: int = logging.INFO) -> None:
+                  urgent: bool = False) -> None:
         """Record one event; ``timestamp`` is engine time where there is one, else now."""
-        self._logger.log(level, {
-            "timestamp": (timestamp or datetime.now(UTC)),
-            "logged_at": datetime.now(UTC),
+        now = datetime.now(UTC)
+        line = orjson.dumps({
+            "timestamp": timestamp or now,
+            "logged_at": now,
             "event_type": event_type,
             "component": self.component,
             "data": data,
-        })
+        }, default=json_tagged_default, option=orjson.OPT_APPEND_NEWLINE)
+        self._pending.append(line)
+        if not self.buffered or urgent or event_type in URGENT_EVENT_TYPES:
+            self.flush()
 
     def flush(self) -> None:
-        self._handler.flush()
+        """Write the buffered events (one locked append); a failure drops them and never raises."""
+        if not self._pending:
+            return
+        lines, self._pending = b"".join(self._pending), []
+        try:
+            self._append(lines)
+        except OSError as exc:
+            if not self.dropped:
+                print(f"results-store: could not write the event log {self.path}: {exc}", file=sys.stderr)
+            self.dropped += lines.count(b"\n")
 
     def close(self) -> None:
-        self._handler.flush()
-        self._logger.removeHandler(self._handler)
-        self._handler.close()
-        self._file.close()
+        self.flush()
+
+    def _append(self, lines: bytes) -> None:
+        lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            self._rotate_if_new_day()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(lines)
+                while view:  # a regular file takes it in one write; loop for the rare short write
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        finally:
+            os.close(lock_fd)  # closing drops the flock
+
+    def _rotate_if_new_day(self) -> None:
+        try:
+            modified = datetime.fromtimestamp(self.path.stat().st_mtime, UTC).date()
+        except FileNotFoundError:
+            return
+        today = datetime.now(UTC).date()
+        if modified >= today:
+            return
+        target = self.path.with_name(f"{self.path.name}.{modified:%Y-%m-%d}")
+        if target.exists():  # rotated before, then written again on that day: keep both, in order
+            with target.open("ab") as out:
+                out.write(self.path.read_bytes())
+            self.path.unlink()
+        else:
+            os.rename(self.path, target)
+        self._remove_older_than(today - timedelta(days=KEEP_DAYS))
+
+    def _remove_older_than(self, cutoff: date) -> None:
+        for rotated in self.path.parent.glob(f"{self.path.name}.*"):
+            try:
+                day = date.fromisoformat(rotated.name.rsplit(".", 1)[-1])
+            except ValueError:
+                continue
+            if day < cutoff:
+                rotated.unlink(missing_ok=True)
