@@ -7,10 +7,8 @@ pyarrow and the OS come back as ``ComponentError`` RST-001 so callers can retry 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,9 +18,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMismatchError, TableNotFoundError
 from deltalake.transaction import AddAction
 
+from results_store import error_map
+from results_store.error_map import storage_errors
 from schemas.errors import ComponentError
 from schemas.modes import Compression
 
@@ -47,6 +47,11 @@ __all__ = [
     "write_plain",
 ]
 
+# deltalake's exceptions, mapped here because this is the one module that imports deltalake.
+error_map.register(CommitFailedError, "RST-001")  # a concurrent commit won: retry on the new version
+error_map.register(SchemaMismatchError, "RST-006")
+error_map.register(DeltaProtocolError, "RST-005")  # a log this reader cannot follow: treat as damaged
+
 PARTITION_COLUMN = "run_id"
 # An open table, for callers that keep one between commits (the batch writer); only this module opens it.
 TableHandle = DeltaTable
@@ -63,20 +68,6 @@ def table_path(root: Path, execution_mode: str, name: str) -> Path:
 def run_app_id(run_id: str) -> str:
     """The Delta application-transaction id that makes a run's commits idempotent."""
     return f"results-store:{run_id}"
-
-
-@contextlib.contextmanager
-def storage_errors(action: str, path: Path) -> Iterator[None]:
-    """Map deltalake/pyarrow/OS failures onto RST-001, keeping the original exception."""
-    try:
-        yield
-    except ComponentError:
-        raise
-    except (OSError, pa.ArrowException, Exception) as exc:  # deltalake raises its own hierarchy
-        raise ComponentError(
-            "RST-001", f"{action} failed for {path}: {type(exc).__name__}: {exc}",
-            original_exception=exc, details={"path": str(path), "action": action},
-        ) from exc
 
 
 def table_exists(path: Path) -> bool:
@@ -176,7 +167,7 @@ def _create_partitioned(path: Path, schema: pa.Schema) -> DeltaTable:
 
 def _check_one_run(data: pa.Table, run_id: str, path: Path) -> None:
     if data.num_rows and not pc.all(pc.equal(data[PARTITION_COLUMN], run_id)).as_py():
-        raise ComponentError("RST-001", f"append to {path}: rows of other runs in a batch of run {run_id!r}",
+        raise ComponentError("RST-901", f"append to {path}: rows of other runs in a batch of run {run_id!r}",
                              details={"path": str(path)})
 
 

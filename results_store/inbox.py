@@ -26,6 +26,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from results_store import delta_tables
+from results_store.error_map import storage_errors
 from results_store.markdown import markdown_table
 from results_store.runs import latest_run
 from results_store.simulator.jsonl import read_jsonl
@@ -145,7 +146,7 @@ def append_ledger(data_dir: Path, *, sha256: str, file: str, status: LedgerStatu
     entry = {"sha256": sha256, "file": file, "run_id": run_id, "mode": mode, "status": status,
              "timesteps": timesteps, "detail": detail, "recorded_at": datetime.now(UTC)}
     path = ledger_path(data_dir)
-    with delta_tables.storage_errors("append inbox ledger entry", path):
+    with storage_errors("append inbox ledger entry", path):
         delta_tables.write_plain(path, pa.Table.from_pylist([entry], schema=INBOX_LEDGER_SCHEMA))
 
 

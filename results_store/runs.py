@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from results_store import delta_tables
+from results_store.error_map import storage_errors
 from schemas.store_tables import RUNS, RUNS_SCHEMA
 
 __all__ = ["append_run_record", "code_version", "latest_run", "read_runs", "runs_path"]
@@ -81,7 +82,7 @@ def append_run_record(
     }
     table = pa.Table.from_pylist([record], schema=RUNS_SCHEMA)
     path = runs_path(root, execution_mode)
-    with delta_tables.storage_errors("append run record", path):
+    with storage_errors("append run record", path):
         # Partitioned by run: a run's current state is read from its own files only, however many
         # runs (or minutes of a live run) the registry has seen.
         delta_tables.write_plain(path, table, partitioned=True)

@@ -1,8 +1,11 @@
 """The project's error codes and the one exception type that carries them.
 
-Codes RST-001..003 come from the component specification; the RST-1xx (input), RST-2xx
-(configuration) and RST-3xx (run lifecycle) families are this project's own. Transient errors
-are retried with backoff; terminal errors are not, because retrying cannot fix bad input.
+Codes RST-001..003 come from the component specification; RST-004..006 (terminal storage
+errors), the RST-1xx (input), RST-2xx (configuration), RST-3xx (run lifecycle) and RST-9xx
+(internal) families are this project's own. Transient errors (RST-001, RST-003) are retried with
+backoff; every other code is terminal and never retried, by the store or by Prefect, because a
+retry cannot free a disk, fix a permission, a schema or bad input.
+``results_store.error_map`` maps the exceptions of deltalake, pyarrow and the OS onto these codes.
 """
 
 from __future__ import annotations
@@ -49,6 +52,14 @@ ERROR_CODES: dict[str, ErrorCode] = {
                   "spill to the write-ahead log meanwhile"),
         ErrorCode("RST-003", "write timeout", Severity.HIGH, True,
                   "raise RESULTS_STORE_TIMEOUT or investigate slow storage; the write is retried"),
+        ErrorCode("RST-004", "storage refused", Severity.HIGH, False,
+                  "free disk space, fix permissions, or mount the data dir read-write, then run the same "
+                  "command again: it resumes where the run stopped"),
+        ErrorCode("RST-005", "data corrupted", Severity.CRITICAL, False,
+                  "run `results-store checksum verify` to find the damaged files and restore them from a backup"),
+        ErrorCode("RST-006", "table schema mismatch", Severity.HIGH, False,
+                  "the table on disk has other columns or types than this version writes; migrate it or use a "
+                  "new data dir"),
         ErrorCode("RST-101", "snapshot contract violated", Severity.MEDIUM, False,
                   "fix the producing engine: a required component key is missing or mistyped"),
         ErrorCode("RST-102", "result rule violated", Severity.MEDIUM, False,
@@ -61,6 +72,8 @@ ERROR_CODES: dict[str, ErrorCode] = {
                   "use a new run_id, or the same mode and configuration as the existing run"),
         ErrorCode("RST-302", "not found", Severity.MEDIUM, False,
                   "check the run_id, result type and data directory"),
+        ErrorCode("RST-901", "internal invariant broken", Severity.CRITICAL, False,
+                  "a bug in the store: report it with the event log; nothing is retried"),
     ]
 }
 

@@ -44,5 +44,5 @@ def test_a_batch_holding_rows_of_another_run_is_refused(tmp_path: Path) -> None:
     mixed = pa.concat_tables([_rows("r1", range(2)), _rows("r2", range(2, 3))])
     with pytest.raises(ComponentError) as refused:
         delta_tables.append_exactly_once(tmp_path / "t", mixed, run_id="r1", last_timestep=2)
-    assert refused.value.error_code == "RST-001" and "other runs" in str(refused.value)
+    assert refused.value.error_code == "RST-901" and "other runs" in str(refused.value)
     assert delta_tables.committed_txn_version(tmp_path / "t", "r1") is None
