@@ -2,11 +2,12 @@
 
 The engine's path (``store_timestep_results``) only checks ordering and appends to the queue: no
 conversion, no I/O (live mode adds one fsynced WAL append, because an acknowledged live snapshot
-must survive a crash). One worker drains the queue in FIFO order into chunks; chunks are
-flattened and validated (inline in backtest, in a thread in live) and committed as batches from a
-writer thread while the next chunks are prepared, one Delta commit per table per batch,
-each carrying the batch's last timestep as its application-transaction version. A restart with
-the same ``run_id`` reads those versions and skips what is already committed.
+must survive a crash; the WAL and its spill backlog are ``results_store.live``). One worker drains
+the queue in FIFO order into chunks; chunks are flattened and validated (inline in backtest, in a
+thread in live) and committed as batches from a writer thread while the next chunks are prepared,
+one Delta commit per table per batch, each carrying the batch's last timestep as its
+application-transaction version. A restart with the same ``run_id`` reads those versions and
+skips what is already committed.
 """
 
 from __future__ import annotations
@@ -25,26 +26,19 @@ import pandas as pd
 
 from results_store import delta_tables
 from results_store.allocators import tune_allocators
-from results_store.batch_writer import (
-    QUARANTINE,
-    RAW_SNAPSHOTS,
-    BatchWriter,
-    PreparedBatch,
-    Queued,
-    TableWriter,
-    delta_table_writer,
-)
+from results_store.batch_writer import BatchWriter, PreparedBatch, Queued, TableWriter, delta_table_writer
 from results_store.events import EventLog
 from results_store.flatten import to_micros
 from results_store.health import HealthTracker
+from results_store.live import LiveDurability, wal_directory
 from results_store.run_lock import RunLock
 from results_store.runs import append_run_record, latest_run, read_runs
 from results_store.summary import RunSummary
-from results_store.wal import WriteAheadLog
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig, config_hash
 from schemas.result_types import ResultType
 from schemas.settings import StoreSettings, load_settings
+from schemas.store_tables import QUARANTINE, RAW_SNAPSHOTS
 
 __all__ = ["ResultsStore"]
 
@@ -53,8 +47,6 @@ _STOP: Any = object()
 # size, so larger chunks are cheaper per timestep (bench: 34 µs at 5,000, 28 µs at 10,000, 26 µs at
 # 20,000) but hold more Python objects at once (+34 MB per 5,000 more): 10,000 is the middle.
 CHUNK_TIMESTEPS = 10_000
-
-
 
 
 class ResultsStore:
@@ -120,10 +112,8 @@ class ResultsStore:
         self._commits: collections.Counter[str] = collections.Counter()
         self._versions: dict[str, int] = {}
         self._quarantined = 0
-        self._wal: WriteAheadLog | None = None
-        self._spill_pending = 0  # live: acknowledged snapshots in the WAL but not in the queue
-        self._spill_after = -1   # ... with timesteps greater than this
-        self._queued_last_step = -1  # live: the last timestep that went through the queue
+        # Live only, from start(): the WAL and the backlog spilled to it when the queue is full.
+        self._durability: LiveDurability | None = None
         self.summary: RunSummary | None = None
         self._lock = RunLock(self.root / execution_mode / "_locks" / f"{run_id}.lock")
         if health_manager is not None and hasattr(health_manager, "register_component"):
@@ -165,13 +155,15 @@ class ResultsStore:
             "allocators": allocators,
         })
         if self._live:
-            self._wal = WriteAheadLog(self.root / "live" / "_wal" / self.run_id)
-            replay = await asyncio.to_thread(lambda: list(self._wal.entries(self._watermark)))  # type: ignore[union-attr]
-            if replay:
-                self._spill_pending = len(replay)
-                self._spill_after = self._watermark
-                self._last_step = replay[-1].timestep
-                self._last_ts = replay[-1].timestamp_us
+            self._durability = LiveDurability(
+                wal_directory(self.root, self.run_id), queue=self.results_queue, health=self.health,
+                log_error=self._log_error, retry_interval_s=self.settings.flush_interval,
+            )
+            last = await self._durability.recover(self._watermark)
+            # Replayed snapshots were acknowledged before the restart: the engine resumes after them.
+            if last is not None:
+                self._last_step = last.timestep
+                self._last_ts = last.timestamp_us
             elif self._watermark >= 0:
                 self._last_step = self._watermark
         self._running = True
@@ -271,8 +263,8 @@ class ResultsStore:
             "quarantined": self._quarantined, "data_files": files, "elapsed_s": round(elapsed, 3),
         })
         self._batch_writer.close()
-        if self._wal is not None:
-            self._wal.close()
+        if self._durability is not None:
+            self._durability.close()
         self._lock.release()
         if self._owns_event_log:
             self.event_log.close()
@@ -319,24 +311,15 @@ class ResultsStore:
         raise error
 
     async def _accept_live(self, item: Queued) -> None:
-        assert self._wal is not None
-        await asyncio.to_thread(self._wal.append, item[0], item[1], item[3])
-        if self._spill_pending or self.results_queue.full():
-            if not self._spill_pending:
-                self._spill_after = self._queued_last_step
-                error = ComponentError(
-                    "RST-002", f"queue full at {self.settings.queue_size} timesteps; timestep {item[0]} "
-                    "and later go to the write-ahead log until the queue drains",
-                    details={"timestep": item[0], "queue_size": self.results_queue.qsize()},
-                )
-                self.event_log.log_event("queue_full", error.to_event())
-                self._log_error(error)
-                self.health.spilling = True
-            self._spill_pending += 1
-            return
-        self.results_queue.put_nowait(item)
-        self._enqueued_at.append(item[4])
-        self._queued_last_step = item[0]
+        assert self._durability is not None
+        # Durable first; a full queue never blocks live: the snapshot then waits in the WAL.
+        if await self._durability.accept(item):
+            self.results_queue.put_nowait(item)
+            self._enqueued_at.append(item[4])
+
+    def _backlog(self) -> int:
+        """Live snapshots acknowledged but only in the WAL (spilled or replayed); 0 in backtest."""
+        return self._durability.backlog if self._durability is not None else 0
 
     # ----------------------------------------------------------------------------- worker
     async def _worker(self) -> None:
@@ -366,7 +349,7 @@ class ResultsStore:
                     stopping
                     or pending_steps >= self.settings.commit_batch_size
                     or (self._live and time.monotonic() - (first_pending_at or 0) >= self.settings.flush_interval)
-                    or (self._live and self.results_queue.empty() and not self._spill_pending)
+                    or (self._live and self.results_queue.empty() and not self._backlog())
                 )
                 if due:
                     batch = PreparedBatch.merge(pending)
@@ -374,7 +357,7 @@ class ResultsStore:
                     if inflight is not None:
                         await inflight
                     inflight = asyncio.create_task(self._commit(batch))
-                if stopping and not pending and self.results_queue.empty() and not self._spill_pending:
+                if stopping and not pending and self.results_queue.empty() and not self._backlog():
                     break
             if inflight is not None:
                 await inflight
@@ -393,8 +376,9 @@ class ResultsStore:
     async def _next_chunk(self, first_pending_at: float | None, stopping: bool) -> tuple[list[Queued], bool]:
         """Up to CHUNK_TIMESTEPS queued snapshots in FIFO order (waiting for at least one)."""
         chunk: list[Queued] = []
-        if self._spill_pending and self.results_queue.empty():
-            chunk = await asyncio.to_thread(self._read_spill, CHUNK_TIMESTEPS)
+        if self._durability is not None and self._durability.backlog and self.results_queue.empty():
+            # The queue has caught up: the WAL backlog is next in FIFO order.
+            chunk = await self._durability.read_backlog(CHUNK_TIMESTEPS)
             return chunk, stopping
         if stopping:
             return chunk, stopping
@@ -419,42 +403,13 @@ class ResultsStore:
             item = self.results_queue.get_nowait()
         return chunk, stopping
 
-    def _read_spill(self, limit: int) -> list[Queued]:
-        """Live backlog: acknowledged snapshots that skipped the full queue, read back from the WAL."""
-        assert self._wal is not None
-        chunk: list[Queued] = []
-        for entry in self._wal.entries(self._spill_after):
-            ts = pd.Timestamp(entry.timestamp_us, unit="us", tz="UTC")
-            chunk.append((entry.timestep, entry.timestamp_us, ts, entry.results, time.monotonic()))
-            if len(chunk) >= limit:
-                break
-        if chunk:
-            self._spill_after = chunk[-1][0]
-            self._spill_pending = max(0, self._spill_pending - len(chunk))
-        else:
-            self._spill_pending = 0
-        if not self._spill_pending:
-            self.health.spilling = False
-        return chunk
-
     async def _commit(self, batch: PreparedBatch) -> None:
         assert self._batch_writer is not None
-        if self._wal is not None:
-            self._wal.seal()
-        while True:
-            try:
-                outcome = await asyncio.to_thread(self._batch_writer.commit, batch)
-                break
-            except ComponentError as exc:
-                if not self._live:
-                    raise
-                # Live keeps going: the batch stays in the WAL and is retried on the next flush.
-                self.health.fatal = f"{exc}"
-                self._log_error(exc, event_type="storage_failed")
-                await asyncio.sleep(self.settings.flush_interval)
-                continue
-        if self._live:
-            self.health.fatal = None
+        if self._durability is not None:
+            outcome = await self._durability.commit(batch, self._batch_writer.commit)
+        else:
+            # Backtest: a commit that fails through its retries ends the run (RST-001/RST-003).
+            outcome = await asyncio.to_thread(self._batch_writer.commit, batch)
         for name, version in outcome.versions.items():
             self._versions[name] = version
             self._commits[name] += 1
@@ -467,8 +422,8 @@ class ResultsStore:
         now = datetime.now(UTC)
         self.health.record_batch(timesteps=batch.timesteps, processing_s=batch.prepare_s + outcome.write_s,
                                  commits=outcome.commits, when=now)
-        if self._wal is not None:
-            await asyncio.to_thread(self._wal.release_through, batch.last_timestep)
+        if self._durability is not None:
+            await self._durability.release_through(batch.last_timestep)
         self.event_log.log_event("batch_committed", {
             "run_id": self.run_id, "first_timestep": batch.first_timestep, "last_timestep": batch.last_timestep,
             "timesteps": batch.timesteps, "rows": outcome.rows, "versions": outcome.versions,
@@ -554,7 +509,8 @@ class ResultsStore:
         )
         if "limit" in query:
             data = data.slice(0, int(query["limit"]))
-        return data.to_pylist()
+        rows: list[dict[str, Any]] = data.to_pylist()  # pyarrow is untyped here: name what it returns
+        return rows
 
     async def cleanup_old_results(self, retention_days: int) -> list[str]:
         """Delete the partitions of finished runs older than ``retention_days`` (never this run)."""
@@ -600,7 +556,7 @@ class ResultsStore:
             "tables": {n: str(p) for n, p in self.table_paths.items()},
             "resume_after_timestep": self._watermark,
             "last_timestep_received": self._last_step,
-            "wal_dir": str(self._wal.directory) if self._wal else None,
+            "wal_dir": str(self._durability.directory) if self._durability is not None else None,
         }
 
     def get_storage_stats(self) -> dict[str, Any]:
@@ -615,7 +571,7 @@ class ResultsStore:
             "table_versions": dict(self._versions),
             "quarantined": self._quarantined,
             "queue_size": self.results_queue.qsize(),
-            "spilled_backlog": self._spill_pending,
+            "spilled_backlog": self._backlog(),
             "write_count": self.health.write_count,
         }
 
@@ -625,7 +581,7 @@ class ResultsStore:
         return self.health.report(
             queue_size=self.results_queue.qsize(), queue_capacity=self.settings.queue_size,
             oldest_queued_age_s=oldest, worker_running=self.is_worker_running(),
-            extra={"run_id": self.run_id, "spilled_backlog": self._spill_pending},
+            extra={"run_id": self.run_id, "spilled_backlog": self._backlog()},
         )
 
     @staticmethod

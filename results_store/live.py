@@ -1,0 +1,172 @@
+"""Live mode's durability: every acknowledged snapshot is in the write-ahead log until committed.
+
+``LiveDurability`` is the live path's state machine around the WAL, owned by ``ResultsStore``:
+
+* acknowledge: fsync the snapshot to the WAL, then let it through the queue, or, when the queue
+  is full (or a backlog already exists, so FIFO order holds), keep it only in the WAL ("spill")
+  and report health ``degraded`` until the backlog drains;
+* drain: read the spilled backlog back from the WAL in order, once the queue is empty;
+* commit: start a new WAL segment per batch, retry a failed commit on every flush interval
+  (live never gives up: the batch is still in the WAL), then delete fully committed segments;
+* recover: on start, what the WAL holds past the committed watermark becomes the backlog.
+
+Every use of the ``WriteAheadLog`` goes through this class, under one lock: appends run in a
+worker thread, backlog reads in another and segment releases in a third, and the log's file
+descriptor and per-segment bookkeeping are not safe to share between them. Each locked call is
+made from a worker thread, never from the event loop, so waiting for the lock (an fsync, a chunk
+read) never stalls the engine's event loop. The spill counters are only touched on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from results_store.batch_writer import CommitOutcome, PreparedBatch, Queued
+from results_store.health import HealthTracker
+from results_store.wal import WalEntry, WriteAheadLog
+from schemas.errors import ComponentError
+
+__all__ = ["ErrorSink", "LiveDurability", "wal_directory"]
+
+
+def wal_directory(root: Path, run_id: str) -> Path:
+    """Where a live run's WAL segments live: ``{root}/live/_wal/{run_id}/``."""
+    return root / "live" / "_wal" / run_id
+
+
+class ErrorSink(Protocol):
+    """How errors reach the store's health counters and event log (``ResultsStore._log_error``)."""
+
+    def __call__(self, error: ComponentError, *, event_type: str = "error") -> None: ...
+
+
+class LiveDurability:
+    """The WAL-and-spill state machine of one live run (see the module docstring)."""
+
+    def __init__(self, directory: Path, *, queue: asyncio.Queue[Any], health: HealthTracker,
+                 log_error: ErrorSink, retry_interval_s: float) -> None:
+        self._wal = WriteAheadLog(directory)
+        # One lock for every WAL call: see the module docstring for which threads share the log.
+        self._wal_lock = threading.Lock()
+        # Read only (full, qsize, maxsize): the store owns the queue and puts into it.
+        self._queue = queue
+        self._health = health
+        self._log_error = log_error
+        self._retry_interval_s = retry_interval_s
+        self._spill_pending = 0  # acknowledged snapshots in the WAL but not in the queue
+        self._spill_after = -1   # ... with timesteps greater than this
+        self._queued_last_step = -1  # the last timestep that went through the queue
+
+    @property
+    def directory(self) -> Path:
+        return self._wal.directory
+
+    @property
+    def backlog(self) -> int:
+        """Acknowledged snapshots waiting in the WAL only (spilled or replayed), not in the queue."""
+        return self._spill_pending
+
+    # ----------------------------------------------------------------------------- start
+    async def recover(self, watermark: int) -> WalEntry | None:
+        """Turn what the WAL holds past ``watermark`` into the backlog; return its last entry, if any."""
+        replay = await asyncio.to_thread(self._entries_after, watermark)
+        if not replay:
+            return None
+        self._spill_pending = len(replay)
+        self._spill_after = watermark
+        return replay[-1]
+
+    def _entries_after(self, timestep: int) -> list[WalEntry]:
+        with self._wal_lock:
+            return list(self._wal.entries(timestep))
+
+    # ----------------------------------------------------------------------------- acknowledge
+    async def accept(self, item: Queued) -> bool:
+        """Make ``item`` durable. True: the caller puts it in the queue now (there is room, and
+        no backlog it would overtake). False: it was spilled and stays in the WAL for ``read_backlog``."""
+        await asyncio.to_thread(self._append, item)
+        if self._spill_pending or self._queue.full():
+            if not self._spill_pending:
+                self._start_spilling(item[0])
+            self._spill_pending += 1
+            return False
+        # No await between here and the caller's put_nowait, so the room seen above is still there.
+        self._queued_last_step = item[0]
+        return True
+
+    def _append(self, item: Queued) -> None:
+        with self._wal_lock:
+            self._wal.append(item[0], item[1], item[3])
+
+    def _start_spilling(self, timestep: int) -> None:
+        # Everything after the last queued timestep is now read back from the WAL, in order.
+        self._spill_after = self._queued_last_step
+        error = ComponentError(
+            "RST-002", f"queue full at {self._queue.maxsize} timesteps; timestep {timestep} "
+            "and later go to the write-ahead log until the queue drains",
+            details={"timestep": timestep, "queue_size": self._queue.qsize()},
+        )
+        self._log_error(error, event_type="queue_full")
+        self._health.spilling = True
+
+    # ----------------------------------------------------------------------------- drain
+    async def read_backlog(self, limit: int) -> list[Queued]:
+        """Up to ``limit`` backlog snapshots, in timestep order, read back from the WAL."""
+        chunk = await asyncio.to_thread(self._read_after, self._spill_after, limit)
+        if chunk:
+            self._spill_after = chunk[-1][0]
+            self._spill_pending = max(0, self._spill_pending - len(chunk))
+        else:
+            self._spill_pending = 0
+        if not self._spill_pending:
+            self._health.spilling = False
+        return chunk
+
+    def _read_after(self, timestep: int, limit: int) -> list[Queued]:
+        # Only the WAL read holds the lock; building the queue tuples does not need it.
+        with self._wal_lock:
+            entries = list(islice(self._wal.entries(timestep), limit))
+        return [(e.timestep, e.timestamp_us, pd.Timestamp(e.timestamp_us, unit="us", tz="UTC"), e.results,
+                 time.monotonic()) for e in entries]
+
+    # ----------------------------------------------------------------------------- commit
+    async def commit(self, batch: PreparedBatch, write: Callable[[PreparedBatch], CommitOutcome]) -> CommitOutcome:
+        """Commit ``batch`` with ``write``, retrying every flush interval until it lands."""
+        # A new segment per batch, so a segment can be deleted as soon as its batch is committed.
+        await asyncio.to_thread(self._seal)
+        while True:
+            try:
+                outcome = await asyncio.to_thread(write, batch)
+                break
+            except ComponentError as exc:
+                # Live keeps going: the batch stays in the WAL and is retried on the next flush.
+                self._health.fatal = f"{exc}"
+                self._log_error(exc, event_type="storage_failed")
+                await asyncio.sleep(self._retry_interval_s)
+        self._health.fatal = None
+        return outcome
+
+    def _seal(self) -> None:
+        with self._wal_lock:
+            self._wal.seal()
+
+    async def release_through(self, timestep: int) -> None:
+        """Delete the WAL segments whose snapshots are all committed (timestep <= ``timestep``)."""
+        await asyncio.to_thread(self._release_through, timestep)
+
+    def _release_through(self, timestep: int) -> None:
+        with self._wal_lock:
+            self._wal.release_through(timestep)
+
+    def close(self) -> None:
+        """Close the open segment (blocking: call it from a worker thread). Files stay for a restart."""
+        with self._wal_lock:
+            self._wal.close()
