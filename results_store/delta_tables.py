@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -94,11 +94,15 @@ def committed_txn_version(path: Path, run_id: str) -> int | None:
 # ~2 KB per row. The default (1M rows) let the compaction of a 1-year run hold ~200 MB more at its
 # peak than 131k rows did, and 32k rows took another ~100 MB off (bench/bench_store.py, RSS child).
 ROW_GROUP_ROWS = 32_768
+# The mode file's codec names as deltalake spells them.
+_CODECS: dict[Compression, Literal["UNCOMPRESSED", "SNAPPY", "GZIP", "LZ4", "ZSTD"]] = {
+    "zstd": "ZSTD", "snappy": "SNAPPY", "gzip": "GZIP", "lz4": "LZ4", "uncompressed": "UNCOMPRESSED",
+}
 
 
 def _writer_properties(compression: Compression) -> WriterProperties:
-    codec = "UNCOMPRESSED" if compression == "uncompressed" else compression.upper()
-    return WriterProperties(compression=codec, max_row_group_size=ROW_GROUP_ROWS)  # type: ignore[arg-type]
+    codec: Literal["UNCOMPRESSED", "SNAPPY", "GZIP", "LZ4", "ZSTD"] = _CODECS[compression]
+    return WriterProperties(compression=codec, max_row_group_size=ROW_GROUP_ROWS)
 
 
 def append_exactly_once(

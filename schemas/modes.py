@@ -77,7 +77,7 @@ class ResultsStoreConfig(_Strict):
     leverage_tracking: bool = False
     funding_tracking_venues: list[str] = Field(default_factory=list)
     dust_tracking_tokens: list[str] = Field(default_factory=list)
-    storage: StorageConfig = Field(default_factory=StorageConfig)  # type: ignore[arg-type]
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> ResultsStoreConfig:

@@ -99,7 +99,7 @@ def backtest(
     run_id: RunId = None,
     strict: Strict = False,
     batch_size: Annotated[int | None, typer.Option(help="timesteps per commit")] = None,
-    data_dir: DataDir = ...,  # type: ignore[assignment]
+    data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
 ) -> None:
     """Run the reference engine through the store (the backtest-results flow) and print a summary."""
     _run_backtest_flow(data_dir, mode=mode, run_id=run_id, start=start, end=end, freq=freq, seed=seed,
@@ -111,7 +111,7 @@ def ingest(
     mode: Mode,
     run_id: Annotated[str | None, typer.Option("--run-id", help="run identifier [default: the file stem]")] = None,
     strict: Strict = False,
-    data_dir: DataDir = ...,  # type: ignore[assignment]
+    data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
 ) -> None:
     """Store an engine's JSON Lines snapshot file (the backtest-results flow) and print a summary."""
     _run_backtest_flow(data_dir, total=_count_lines(file), mode=mode, run_id=run_id or file.stem,
@@ -156,7 +156,7 @@ def rerun(
     dust_tracking_tokens: Annotated[str | None, _csv_option("dust tokens")] = None,
     strict: Strict = False,
     execution_mode: ExecutionMode = "backtest",
-    data_dir: DataDir = ...,  # type: ignore[assignment]
+    data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
 ) -> None:
     """Re-derive a run's tables with new parameters: new versions (or a new run), never a silent overwrite."""
     started = time.perf_counter()
@@ -173,7 +173,7 @@ def live(
     mode: Mode,
     run_id: RunId = None,
     anchor: Annotated[str | None, typer.Option(help="time of the feed's timestep 0 [default: today 00:00 UTC]")] = None,
-    data_dir: DataDir = ...,  # type: ignore[assignment]
+    data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
 ) -> None:
     """Collect and store the pending live snapshots once (what the every-minute deployment runs)."""
     started = time.perf_counter()
@@ -188,12 +188,12 @@ def _print_report(result: dict[str, Any]) -> None:
         console.print(f"[yellow]not covered yet:[/yellow] {caveat}")
 
 
-def audit(execution_mode: ExecutionMode = "backtest", data_dir: DataDir = ...) -> None:  # type: ignore[assignment]
+def audit(execution_mode: ExecutionMode = "backtest", data_dir: DataDir = ...) -> None:  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
     """Audit the stored tables: rows per table and run against the runs registry, quarantine, reconciliation."""
     _print_report(_flow_call("audit", data_dir, execution_mode=execution_mode))
 
 
-def backup(execution_mode: ExecutionMode = "backtest", data_dir: DataDir = ...) -> None:  # type: ignore[assignment]
+def backup(execution_mode: ExecutionMode = "backtest", data_dir: DataDir = ...) -> None:  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
     """Report what a backup would copy (the copy itself comes later)."""
     _print_report(_flow_call("backup", data_dir, execution_mode=execution_mode))
 
@@ -201,7 +201,7 @@ def backup(execution_mode: ExecutionMode = "backtest", data_dir: DataDir = ...) 
 def retention(
     execution_mode: ExecutionMode = "backtest",
     days: Annotated[int | None, typer.Option(help="retention window in days [default: each run's mode file]")] = None,
-    data_dir: DataDir = ...,  # type: ignore[assignment]
+    data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
 ) -> None:
     """List the run partitions past retention (dry run: nothing is deleted)."""
     _print_report(_flow_call("retention", data_dir, execution_mode=execution_mode, retention_days=days))
@@ -211,7 +211,7 @@ checksum_app = typer.Typer(help="Checksums of the stored snapshots.", no_args_is
 
 
 @checksum_app.command("verify")
-def checksum_verify(execution_mode: ExecutionMode = "backtest", data_dir: DataDir = ...) -> None:  # type: ignore[assignment]
+def checksum_verify(execution_mode: ExecutionMode = "backtest", data_dir: DataDir = ...) -> None:  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
     """Recompute every raw snapshot payload's sha256 and compare it with the stored one (exit 1 on a mismatch)."""
     _print_report(_flow_call("checksum", data_dir, execution_mode=execution_mode))
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import orjson
 import pandas as pd
@@ -27,7 +28,7 @@ def show(
     version: Annotated[int | None, typer.Option("--version", help="read the table as of this Delta version")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="rows to print")] = 20,
     execution_mode: ExecutionMode = "backtest",
-    data_dir: DataDir = ...,  # type: ignore[assignment]
+    data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
 ) -> None:
     """List runs, show one run's tables and lineage, or print a table's rows (optionally time-travelled)."""
     root = load_settings(data_dir=data_dir).root
@@ -45,7 +46,7 @@ def show(
         raise typer.Exit(2) from None
 
 
-def _list_runs(root, execution_mode: str) -> None:  # type: ignore[no-untyped-def]
+def _list_runs(root: Path, execution_mode: str) -> None:
     runs = read_runs(root, execution_mode)
     table = Table(title=f"{execution_mode} runs under {root}")
     for col in ("run_id", "mode", "status", "started", "finished", "parent", "note"):
@@ -58,10 +59,10 @@ def _list_runs(root, execution_mode: str) -> None:  # type: ignore[no-untyped-de
 
 def _cell(value: object) -> str:
     """A registry value as table text: missing values (None, NaN, NaT from pandas) are blank."""
-    return "" if value is None or pd.isna(value) else str(value)  # type: ignore[call-overload]
+    return "" if value is None or pd.isna(value) else str(value)
 
 
-def _show_run(root, execution_mode: str, run_id: str) -> None:  # type: ignore[no-untyped-def]
+def _show_run(root: Path, execution_mode: str, run_id: str) -> None:
     record = latest_run(root, execution_mode, run_id)
     if record is None:
         raise ComponentError("RST-302", f"no run {run_id!r} in {root}/{execution_mode}")
@@ -81,7 +82,7 @@ def _show_run(root, execution_mode: str, run_id: str) -> None:  # type: ignore[n
     console.print(table)
 
 
-def _print_rows(rows: list[dict], title: str) -> None:  # type: ignore[type-arg]
+def _print_rows(rows: list[dict[str, Any]], title: str) -> None:
     table = Table(title=title)
     if not rows:
         console.print(f"{title}: no rows")
