@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import ErrorDetails
 
 from schemas.errors import ComponentError
+from schemas.redaction import looks_secret_key, redact, redact_text
 from schemas.result_types import ALWAYS_STORED, ResultType
 
 __all__ = [
@@ -142,22 +143,8 @@ class ModeConfig(_Strict):
 
     def redacted(self) -> dict[str, Any]:
         """The config as plain data with anything secret-looking masked, for the runs registry."""
-        redacted: dict[str, Any] = _redact(self.model_dump(mode="json"))
+        redacted: dict[str, Any] = redact(self.model_dump(mode="json"))
         return redacted
-
-
-_SECRET_WORDS = ("secret", "password", "token_key", "api_key", "apikey", "private_key")
-
-
-def _redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) else _redact(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_redact(v) for v in value]
-    return value
 
 
 def config_hash(config: ModeConfig) -> str:
@@ -215,11 +202,15 @@ def _describe(error: ErrorDetails) -> str:
         parent = _model_at(tuple(error["loc"][:-1]))
         if isinstance(parent, type) and issubclass(parent, BaseModel):
             msg = f"unknown key; allowed keys: {', '.join(parent.model_fields)}"
+        # An unknown key is often a credential pasted into the wrong file: never echo its value.
+        return f"field '{loc}': {msg}"
     elif error["type"] == "value_error":
         # A cross-field rule: its message names the fields; the whole section as "input" is noise.
         msg = msg.removeprefix("Value error, ")
         return f"field '{loc}': {msg}"
-    return f"field '{loc}': {msg} (got {value!r})"
+    if any(looks_secret_key(str(part)) for part in error["loc"]):
+        return f"field '{loc}': {msg} (value hidden: the key names a secret)"
+    return f"field '{loc}': {msg} (got {redact_text(repr(value))})"
 
 
 def load_mode_file(path: Path) -> ModeConfig:
@@ -236,8 +227,10 @@ def load_mode_file(path: Path) -> ModeConfig:
         config = ModeConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(_describe(e) for e in exc.errors())
+        # No original_exception: pydantic's error repr carries every input value, secrets included,
+        # and Prefect stores a failed task's exception in its database.
         raise ComponentError(
-            "RST-201", f"{path}: {problems}", original_exception=exc,
+            "RST-201", f"{path}: {problems}",
             details={"file": str(path), "errors": [
                 {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
             ]},

@@ -80,7 +80,8 @@ def _remove_leverage_type(raw: Raw) -> None:
     _rs(raw)["result_types"].remove("leverage_tracking")
 
 
-# (case, edit, field path, bad value as shown, what is allowed)
+# (case, edit, field path, bad value as shown, what is allowed). An unknown key's value is never shown:
+# it is often a credential pasted into the wrong file (tests/test_secrets.py).
 BAD_CONFIGS: list[tuple[str, Callable[[Raw], object], str, str, list[str]]] = [
     ("unknown result type", lambda r: _rs(r)["result_types"].append("greeks"),
      "component_config.results_store.result_types.8", "'greeks'",
@@ -98,9 +99,9 @@ BAD_CONFIGS: list[tuple[str, Callable[[Raw], object], str, str, list[str]]] = [
     ("wrong type (text for a flag)", lambda r: _rs(r).update(leverage_tracking="sometimes"),
      "component_config.results_store.leverage_tracking", "'sometimes'", ["valid boolean"]),
     ("unknown top-level key", lambda r: r.update(colour="blue"),
-     "colour", "'blue'", ["unknown key", "mode", "description", "strategy", "component_config"]),
+     "colour", "", ["unknown key", "mode", "description", "strategy", "component_config"]),
     ("unknown storage key", lambda r: _rs(r)["storage"].update(queue_sise=5),
-     "component_config.results_store.storage.queue_sise", "5", ["unknown key", "queue_size", "batch_size"]),
+     "component_config.results_store.storage.queue_sise", "", ["unknown key", "queue_size", "batch_size"]),
     ("unknown execution mode", lambda r: r.update(execution_mode="paper"),
      "execution_mode", "'paper'", ["'backtest'", "'live'"]),
     ("empty list for an enabled type", lambda r: _rs(r).update(dust_tracking_tokens=[]),
