@@ -1,8 +1,9 @@
 """CLI commands that run the Prefect flows.
 
-Without PREFECT_API_URL the flows run against Prefect's local ephemeral server (started and
-stopped by Prefect itself, its database in ``{data_dir}/.prefect``); with it, against that
-server, so the runs show in its UI. Prefect is imported only after ``configure_prefect`` has set
+Without PREFECT_API_URL the flows run against Prefect's local server, which the command starts
+as its own child so that it dies with the command, even one killed with SIGKILL (see
+``results_store.prefect_env``; its database is in ``{data_dir}/.prefect``); with it, against that
+server, so the runs show in its UI. Prefect is imported only after ``_prepare_prefect`` has set
 its environment, which is why the flow modules are imported inside the functions.
 """
 
@@ -20,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from results_store.cli.options import DataDir, Mode, RunId
-from results_store.prefect_env import configure_prefect
+from results_store.prefect_env import configure_prefect, start_local_api_server
 from schemas.errors import ComponentError
 
 console = Console()
@@ -53,6 +54,13 @@ def _print_summary(summary: dict[str, Any], wall_s: float) -> None:
         console.print(f"parent run: {summary['parent_run_id']}")
 
 
+def _prepare_prefect(data_dir: Path) -> None:
+    """Prefect's settings, and its local API server unless PREFECT_API_URL names one; before Prefect loads."""
+    configure_prefect(data_dir, quiet_console=True)
+    with console.status("starting Prefect's local API server"):  # about 6-10 s here (20 s on a fresh database)
+        start_local_api_server()
+
+
 def _run(call: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
     """Run a flow call to completion; project errors print as one red line and exit 2."""
     try:
@@ -71,15 +79,15 @@ def _count_lines(path: Path) -> int:
 
 
 def _run_backtest_flow(data_dir: Path, total: int | None = None, **params: Any) -> None:
-    configure_prefect(data_dir, quiet_console=True)
+    started = time.perf_counter()  # the server's start-up counts, as it did inside Prefect's ephemeral mode
+    _prepare_prefect(data_dir)
     from flows.backtest_results import backtest_results
     from results_store.drive import report_progress
 
-    started = time.perf_counter()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
-        # Until the first timesteps arrive, Prefect's local server is starting (about 6-10 s).
+        # Until the first timesteps arrive, Prefect creates the flow and task runs (its server is up).
         bar = progress.add_task("starting Prefect", total=total)
 
         def advance(n: int) -> None:
@@ -119,7 +127,7 @@ def ingest(
 
 
 def _flow_call(name: str, data_dir: Path, **params: Any) -> dict[str, Any]:
-    configure_prefect(data_dir, quiet_console=True)
+    _prepare_prefect(data_dir)
     from flows.audit_results import audit_results
     from flows.backup import backup
     from flows.checksum import checksum
