@@ -82,3 +82,35 @@ def test_closing_on_a_full_disk_does_not_raise(tmp_path, monkeypatch):
     log.close()  # the run's own error must stay the one reported, not the event log's
     assert time.monotonic() - started < 5
     assert log.dropped == 1
+
+
+def _events(data_dir):
+    return [orjson.loads(line) for line in event_log_path(data_dir).read_bytes().splitlines()]
+
+
+def test_the_spec_logging_surface_writes_one_format_with_levels_and_correlation_ids(tmp_path):
+    from schemas.errors import ComponentError
+
+    log = EventLog(tmp_path, buffered=False, level="INFO", correlation_id="run-7")
+    log.log_component_event("state_update", "queue drained", {"queued": 0})
+    log.log_performance_metric("commit_latency", 12.5, "ms", {"table": "balance_sheet"})
+    log.log_warning("timestep gap of 1,000", {"timestep": 4410}, correlation_id="collect-3")
+    log.log_component_event("state_update", "chatty detail", level="DEBUG")  # below BASIS_LOG_LEVEL: not written
+    try:
+        raise ComponentError("RST-004", "append failed for /data: No space left on device")
+    except ComponentError as exc:
+        log.log_error(exc, {"table": "risk_metrics"})
+    try:
+        raise KeyError("balance_sheet")
+    except KeyError as exc:
+        log.log_error(exc)
+    events = _events(tmp_path)
+    assert [(e["event_type"], e["level"]) for e in events] == [
+        ("state_update", "INFO"), ("performance_metric", "INFO"), ("warning", "WARNING"), ("error", "ERROR"),
+        ("error", "ERROR")]
+    assert [e["correlation_id"] for e in events] == ["run-7", "run-7", "collect-3", "run-7", "run-7"]
+    assert events[1]["data"] == {"metric": "commit_latency", "value": 12.5, "unit": "ms", "table": "balance_sheet"}
+    stored, unexpected = events[3]["data"], events[4]["data"]
+    assert (stored["error_code"], stored["error_severity"], stored["table"]) == ("RST-004", "HIGH", "risk_metrics")
+    assert "Traceback" in stored["stack_trace"] and "No space left" in stored["stack_trace"]
+    assert unexpected["error_code"] == "RST-901" and "KeyError" in unexpected["stack_trace"]
