@@ -452,7 +452,7 @@ def test_pairs_without_a_timestep_are_numbered_in_order(tmp_path: Path) -> None:
     ('[1, 2, 3]', "expected a JSON object"),
     ('{"timestep": 3}', "no 'timestamp'"),
     ('{"timestamp": "yesterday-ish", "timestep": 3}', "not an ISO-8601 timestamp"),
-    ('{"timestamp": "2024-01-01T00:03:00+00:00", "timestep": -3}', "non-negative integer"),
+    ('{"timestamp": "2024-01-01T00:03:00+00:00", "timestep": -3}', "an integer from 0 to 2^63-1"),
 ])
 def test_a_corrupt_line_raises_rst_101_naming_file_and_line(tmp_path: Path, broken: str, message: str) -> None:
     path = tmp_path / "snaps.jsonl"

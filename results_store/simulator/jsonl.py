@@ -10,7 +10,8 @@ UTC ``pd.Timestamp`` objects, so a written engine run reads back equal to what t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,7 +22,7 @@ from results_store.json_policy import dumps
 from results_store.utc import to_utc
 from schemas.errors import ComponentError
 
-__all__ = ["SnapshotSource", "read_jsonl", "write_jsonl"]
+__all__ = ["BadLine", "FileCheck", "SnapshotSource", "check_jsonl", "read_jsonl", "write_jsonl"]
 
 Snapshot = tuple[pd.Timestamp, dict[str, Any]]
 
@@ -65,6 +66,21 @@ def write_jsonl(source: SnapshotSource | Iterable[tuple[Any, dict[str, Any]]], p
     return count
 
 
+# Timestamps the tables hold: Arrow µs in pandas' nanosecond range (years 1677-2262).
+_MIN_TS, _MAX_TS = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
+_MAX_TIMESTEP = 2**63 - 1
+_MAX_TEXT = 10_000  # a bad line's raw text kept for the quarantine row, in characters
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line the reader could not turn into a snapshot: where, what it said, and why (RST-101)."""
+
+    line: int
+    text: str
+    error: ComponentError
+
+
 def _bad(path: Path, line_no: int, message: str, exc: BaseException | None = None) -> ComponentError:
     return ComponentError("RST-101", f"{path}:{line_no}: {message}", original_exception=exc,
                           details={"file": str(path), "line": line_no})
@@ -72,41 +88,115 @@ def _bad(path: Path, line_no: int, message: str, exc: BaseException | None = Non
 
 def _parse_time(raw: Any, path: Path, line_no: int, what: str) -> pd.Timestamp:
     if not isinstance(raw, str):
-        raise _bad(path, line_no, f"{what} must be an ISO-8601 string, got {raw!r}")
+        raise _bad(path, line_no, f"{what} must be an ISO-8601 string, got {type(raw).__name__}")
     try:
-        return to_utc(raw)
-    except (TypeError, ValueError) as exc:
-        raise _bad(path, line_no, f"{what} {raw!r} is not an ISO-8601 timestamp", exc) from None
+        stamp = to_utc(raw)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _bad(path, line_no, f"{what} {raw[:64]!r} is not an ISO-8601 timestamp the tables can hold", exc) from None
+    if not _MIN_TS <= stamp <= _MAX_TS:
+        raise _bad(path, line_no, f"{what} {raw[:64]!r} is outside what the tables hold (1677-2262)")
+    return stamp
 
 
-def read_jsonl(path: Path | str) -> Iterator[Snapshot]:
+def _parse_line(raw: bytes, path: Path, line_no: int) -> tuple[pd.Timestamp, dict[str, Any]]:
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # orjson's message names NaN/Infinity literals, 1e400, a BOM and a truncated line.
+        raise _bad(path, line_no, f"not valid JSON ({exc})", exc) from None
+    except RecursionError as exc:
+        raise _bad(path, line_no, "JSON nested too deeply", exc) from None
+    if not isinstance(record, dict):
+        raise _bad(path, line_no, f"expected a JSON object, got {type(record).__name__}")
+    if "timestamp" not in record:
+        raise _bad(path, line_no, "no 'timestamp' key")
+    timestamp = _parse_time(record.pop("timestamp"), path, line_no, "timestamp")
+    step = record.get("timestep")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= _MAX_TIMESTEP):
+        raise _bad(path, line_no, f"'timestep' must be an integer from 0 to 2^63-1, got {str(step)[:32]}")
+    events = record.get("event_logger")
+    if isinstance(events, list):
+        for event in events:
+            if isinstance(event, dict) and isinstance(event.get("timestamp"), str):
+                event["timestamp"] = _parse_time(event["timestamp"], path, line_no, "event timestamp")
+    return timestamp, record
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if raw.strip():
+                yield line_no, raw
+
+
+def read_jsonl(path: Path | str, on_bad_line: Callable[[BadLine], None] | None = None) -> Iterator[Snapshot]:
     """Yield ``(timestamp, results)`` per line, lazily; ``results`` keeps ``"timestep"``.
 
-    A line that is not a JSON object with an ISO ``"timestamp"`` (and, if present, a
-    non-negative integer ``"timestep"``) raises ComponentError RST-101 naming ``file:line``.
+    A line that is not a JSON object with an ISO ``"timestamp"`` the tables can hold (and, if
+    present, an integer ``"timestep"`` in 0..2^63-1) is a bad line (RST-101 naming ``file:line``):
+    with ``on_bad_line`` it is handed over and reading goes on; without, it raises (``--strict``).
     Blank lines are skipped. Whether the components follow the snapshot contract is the store's
     check, not this reader's.
     """
     path = Path(path)
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise _bad(path, line_no, f"not valid JSON ({exc})", exc) from None
-            if not isinstance(record, dict):
-                raise _bad(path, line_no, f"expected a JSON object, got {type(record).__name__}")
-            if "timestamp" not in record:
-                raise _bad(path, line_no, "no 'timestamp' key")
-            timestamp = _parse_time(record.pop("timestamp"), path, line_no, "timestamp")
-            step = record.get("timestep")
-            if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-                raise _bad(path, line_no, f"'timestep' must be a non-negative integer, got {step!r}")
-            events = record.get("event_logger")
-            if isinstance(events, list):
-                for event in events:
-                    if isinstance(event, dict) and isinstance(event.get("timestamp"), str):
-                        event["timestamp"] = _parse_time(event["timestamp"], path, line_no, "event timestamp")
-            yield timestamp, record
+    for line_no, raw in _lines(path):
+        try:
+            yield _parse_line(raw, path, line_no)
+        except ComponentError as exc:
+            if on_bad_line is None:
+                raise
+            on_bad_line(BadLine(line_no, raw.decode("utf-8", "replace").rstrip("\r\n")[:_MAX_TEXT], exc))
+
+
+@dataclass
+class FileCheck:
+    """What a whole-file check found: snapshots that would be stored, and every bad line at once."""
+
+    lines: int = 0
+    snapshots: int = 0
+    bad: list[BadLine] = field(default_factory=list)
+
+    def report(self, limit: int = 50) -> str:
+        """One line per bad line (the first ``limit``), then a count of the rest."""
+        shown = [str(b.error) for b in self.bad[:limit]]
+        if len(self.bad) > limit:
+            shown.append(f"... and {len(self.bad) - limit} more bad lines")
+        return "\n".join(shown)
+
+
+def check_jsonl(path: Path | str) -> FileCheck:
+    """Parse every line and check the order the store requires, reporting every bad line, not the first.
+
+    Order: timesteps (where given) strictly increase and timestamps never decrease, in UTC; a line
+    breaking it is a bad line (RST-103) as the store would refuse it.
+    """
+    path = Path(path)
+    check = FileCheck()
+    last_step: int | None = None
+    last_ts: pd.Timestamp | None = None
+
+    def collect(bad: BadLine) -> None:
+        check.bad.append(bad)
+
+    position = 0
+    for line_no, raw in _lines(path):
+        check.lines += 1
+        try:
+            timestamp, record = _parse_line(raw, path, line_no)
+        except ComponentError as exc:
+            collect(BadLine(line_no, raw.decode("utf-8", "replace").rstrip("\r\n")[:_MAX_TEXT], exc))
+            continue
+        step = record.get("timestep", position)
+        position += 1
+        problem = None
+        if last_step is not None and step <= last_step:
+            problem = f"timestep {step} after {last_step}: timesteps must increase"
+        elif last_ts is not None and timestamp < last_ts:
+            problem = f"timestamp {timestamp.isoformat()} is before the previous line's {last_ts.isoformat()}"
+        if problem:
+            error = ComponentError("RST-103", f"{path}:{line_no}: {problem}", details={"file": str(path), "line": line_no})
+            collect(BadLine(line_no, raw.decode("utf-8", "replace").rstrip("\r\n")[:_MAX_TEXT], error))
+            continue
+        last_step, last_ts = step, timestamp
+        check.snapshots += 1
+    return check
