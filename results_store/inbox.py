@@ -29,7 +29,7 @@ from results_store import delta_tables
 from results_store.error_map import storage_errors
 from results_store.markdown import markdown_table
 from results_store.runs import latest_run
-from results_store.simulator.jsonl import read_jsonl
+from results_store.simulator.jsonl import check_jsonl
 from schemas.errors import ComponentError
 from schemas.modes import MODE_NAMES
 from schemas.store_tables import INBOX_LEDGER, INBOX_LEDGER_SCHEMA
@@ -151,11 +151,25 @@ def append_ledger(data_dir: Path, *, sha256: str, file: str, status: LedgerStatu
 
 
 def count_snapshots(path: Path) -> int:
-    """Parse every line; RST-101 naming the line for a corrupt one, or for a file without snapshots."""
-    count = sum(1 for _ in read_jsonl(path))
-    if count == 0:
+    """Check the whole file before anything is written; one error listing EVERY bad line, or the count.
+
+    The inbox's rule is all or nothing: a file with any line that cannot be parsed, holds a value
+    the tables cannot (a timestep past 2^63-1, a year past 2262), or breaks the order the store
+    requires (a duplicate or backward timestep, an earlier timestamp in UTC) writes nothing and goes
+    to ``failed/`` with all its bad lines in the reason, so one round of fixes is enough. The fixed
+    file dropped again (any name) is a new content and is ingested. Snapshots that parse but break
+    the components' contract are quarantined like in any run; they do not fail the file.
+    """
+    check = check_jsonl(path)
+    if check.bad:
+        codes = sorted({b.error.error_code for b in check.bad})
+        code = "RST-103" if codes == ["RST-103"] else "RST-101"
+        raise ComponentError(code, f"{path.name}: {len(check.bad)} of {check.lines} lines are bad, nothing was "
+                             f"written; fix them and drop the file again:\n{check.report()}",
+                             details={"file": str(path), "bad_lines": [b.line for b in check.bad]})
+    if check.snapshots == 0:
         raise ComponentError("RST-101", f"{path.name}: no snapshots in the file")
-    return count
+    return check.snapshots
 
 
 def check_run_id_free(data_dir: Path, run_id: str, sha256: str, ledger: list[dict[str, Any]]) -> None:

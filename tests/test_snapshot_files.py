@@ -84,3 +84,18 @@ def test_strict_reading_stops_at_the_first_bad_line(tmp_path):
     with pytest.raises(ComponentError) as caught:
         list(read_jsonl(path))
     assert f"{path}:{min(expected)}:" in str(caught.value)
+
+
+def test_the_inbox_refuses_a_file_with_bad_lines_whole_naming_every_one_of_them(tmp_path):
+    from results_store.inbox import count_snapshots
+
+    path, good_lines, expected = _file_with_one_line_of_each_kind(tmp_path)
+    with pytest.raises(ComponentError) as caught:
+        count_snapshots(path)
+    message = str(caught.value)
+    assert f"{len(expected)} of {good_lines + len(expected)} lines are bad, nothing was written" in message
+    assert all(f"{path}:{line}:" in message for line in expected)
+    assert caught.value.details["bad_lines"] == sorted(expected)
+    fixed = tmp_path / "fixed.jsonl"
+    fixed.write_text("\n".join(line for n, line in enumerate(path.read_text().splitlines(), 1) if n not in expected))
+    assert count_snapshots(fixed) == good_lines
