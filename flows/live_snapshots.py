@@ -21,7 +21,8 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from results_store.simulator.live_source import ReferenceLiveSource
+from results_store.live_sources import REFERENCE_SOURCE, load_live_source
+from results_store.simulator.live_source import LiveSource, ReferenceLiveSource
 from results_store.utc import to_utc
 from schemas.modes import ModeName, load_mode
 from tasks.artifacts import publish_run_summary
@@ -44,6 +45,8 @@ async def live_snapshots(
     seed: int = 0,
     data_dir: str | None = None,
     now: datetime | None = None,
+    source: str = REFERENCE_SOURCE,
+    source_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Collect the pending snapshots of the live feed and store them (execution mode "live").
 
@@ -55,13 +58,21 @@ async def live_snapshots(
         seed: reference engine seed of the feed.
         data_dir: root of the tables. Default: BASIS_DATA_DIR, else ./data (relative to the worker).
         now: collect up to this time instead of the wall clock (replays and tests).
+        source: where snapshots come from, as package.module:Class implementing LiveSource. Default: the
+            reference simulator; results_store.live_sources:JsonlLiveSource reads an engine's JSON Lines file(s).
+        source_kwargs: the source's keyword arguments as JSON, e.g. {"path": "/feeds/live.jsonl"}. For the
+            reference source, anchor, freq and seed are used when this is empty.
     """
     logger = get_run_logger()
     now_ts = to_utc(now) if now is not None else pd.Timestamp(datetime.now(UTC))
     anchor_ts = to_utc(anchor) if anchor is not None else now_ts.floor("1D")
     run_id = run_id or f"live-{mode}-{anchor_ts:%Y%m%d}"
-    source = ReferenceLiveSource(load_mode(mode), anchor_ts, freq, seed=seed)
-    summary = await collect_live(source, mode=mode, run_id=run_id, data_dir=data_dir, now=now_ts.to_pydatetime())
+    config = load_mode(mode)
+    if source == REFERENCE_SOURCE and not source_kwargs:
+        feed: LiveSource = ReferenceLiveSource(config, anchor_ts, freq, seed=seed)
+    else:
+        feed = load_live_source(source, source_kwargs, config)
+    summary = await collect_live(feed, mode=mode, run_id=run_id, data_dir=data_dir, now=now_ts.to_pydatetime())
     written = summary.timesteps_received - summary.timesteps_skipped
     logger.info("run %s: %s new timesteps stored, %s quarantined rows", run_id, written, summary.quarantined)
     if written:

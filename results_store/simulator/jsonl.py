@@ -22,7 +22,7 @@ from results_store.json_policy import dumps
 from results_store.utc import to_utc
 from schemas.errors import ComponentError
 
-__all__ = ["BadLine", "FileCheck", "SnapshotSource", "check_jsonl", "read_jsonl", "write_jsonl"]
+__all__ = ["BadLine", "FileCheck", "SnapshotSource", "check_jsonl", "parse_line", "read_jsonl", "write_jsonl"]
 
 Snapshot = tuple[pd.Timestamp, dict[str, Any]]
 
@@ -98,7 +98,8 @@ def _parse_time(raw: Any, path: Path, line_no: int, what: str) -> pd.Timestamp:
     return stamp
 
 
-def _parse_line(raw: bytes, path: Path, line_no: int) -> tuple[pd.Timestamp, dict[str, Any]]:
+def parse_line(raw: bytes, path: Path, line_no: int) -> tuple[pd.Timestamp, dict[str, Any]]:
+    """One line as ``(timestamp, record)``; RST-101 naming ``file:line`` when it cannot be a snapshot."""
     try:
         record = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -141,7 +142,7 @@ def read_jsonl(path: Path | str, on_bad_line: Callable[[BadLine], None] | None =
     path = Path(path)
     for line_no, raw in _lines(path):
         try:
-            yield _parse_line(raw, path, line_no)
+            yield parse_line(raw, path, line_no)
         except ComponentError as exc:
             if on_bad_line is None:
                 raise
@@ -182,7 +183,7 @@ def check_jsonl(path: Path | str) -> FileCheck:
     for line_no, raw in _lines(path):
         check.lines += 1
         try:
-            timestamp, record = _parse_line(raw, path, line_no)
+            timestamp, record = parse_line(raw, path, line_no)
         except ComponentError as exc:
             collect(BadLine(line_no, raw.decode("utf-8", "replace").rstrip("\r\n")[:_MAX_TEXT], exc))
             continue
