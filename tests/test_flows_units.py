@@ -185,7 +185,8 @@ def test_prefect_yaml_deploys_every_flow_on_the_process_pool():
     assert all(d["work_pool"]["name"] == "results-store-pool" and d["description"] for d in deployments)
     by_entry = {d["entrypoint"].split(":")[1]: d for d in deployments}
     assert by_entry["live_snapshots"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
-    assert by_entry["live_snapshots"]["schedules"] == [{"cron": "* * * * *", "timezone": "UTC"}]
+    # The live feed is switched on by a person, not by `deploy --all`.
+    assert by_entry["live_snapshots"]["schedules"] == [{"cron": "* * * * *", "timezone": "UTC", "active": False}]
     assert by_entry["backtest_inbox"]["schedules"][0]["interval"] == 300
     assert "schedules" not in by_entry["rerun_results"]
     nightly = [by_entry[n]["schedules"][0]["cron"] for n in ("checksum", "backup", "audit_results", "retention")]
