@@ -79,7 +79,10 @@ def _tail(path: Path, chars: int = 3000) -> str:
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real ``prefect server start`` on a free loopback port, SQLite in a temporary PREFECT_HOME."""
+    """A real ``prefect server start`` on a free loopback port, SQLite in a temporary PREFECT_HOME.
+
+    A server that cannot start fails the tests: the product needs one, so a skip would hide it.
+    """
     home = tmp_path_factory.mktemp("prefect-server-home")
     data = tmp_path_factory.mktemp("worker-data")
     port = _free_port()
@@ -100,14 +103,14 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     try:
         while True:
             if server.poll() is not None:
-                pytest.skip(f"prefect server exited at start-up (code {server.returncode}): {_tail(log, 2000)}")
+                pytest.fail(f"prefect server exited at start-up (code {server.returncode}): {_tail(log, 2000)}")
             try:
                 if httpx.get(f"{api}/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.skip(f"prefect server did not answer on 127.0.0.1:{port} within 120 s: {_tail(log, 2000)}")
+                pytest.fail(f"prefect server did not answer on 127.0.0.1:{port} within 120 s: {_tail(log, 2000)}")
             time.sleep(0.5)
         # PWD: prefect.yaml's pull step is `{{ $PWD }}`, resolved at deploy time.
         yield dict(env, PREFECT_API_URL=api, PWD=str(ROOT), PREFECT_WORKER_QUERY_SECONDS="2",
