@@ -148,18 +148,18 @@ def start_local_api_server() -> LocalApiServer | None:
     is imported, from the main thread. The server is stopped at exit by an ``atexit`` hook that,
     registered before Prefect's, runs after Prefect has flushed its last logs and events to it.
 
-    Returns None, starting nothing, when ``PREFECT_API_URL`` is set or off Linux (no
-    ``PR_SET_PDEATHSIG``: there Prefect's own ephemeral mode starts the server).
+    Returns None, starting nothing, when ``PREFECT_API_URL`` is set; when Prefect is already
+    imported (its settings are fixed, so whoever imported it has chosen its server: the tests'
+    ``prefect_test_harness`` running a command in-process, say); and off Linux (no
+    ``PR_SET_PDEATHSIG``: there Prefect's own ephemeral mode starts the server). The CLI imports
+    Prefect only after this call; ``tests/test_no_orphans.py`` fails if that ever changes.
 
     Raises:
-        RuntimeError: called after Prefect was imported or off the main thread, or the server did not
-            answer within ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` (default 90 s).
+        RuntimeError: called off the main thread, or the server did not answer within
+            ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` (default 90 s).
     """
-    if os.environ.get("PREFECT_API_URL") or sys.platform != "linux":
+    if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules or sys.platform != "linux":
         return None
-    if "prefect" in sys.modules:
-        raise RuntimeError("start_local_api_server() must run before Prefect is imported: Prefect would "
-                           "ignore the PREFECT_API_URL it sets")
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("start_local_api_server() must run on the main thread: the server's parent-death "
                            "signal fires when the thread that started it ends")
