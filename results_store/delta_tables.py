@@ -221,9 +221,15 @@ def overwrite_run(
         return table.version()
 
 
-def write_plain(path: Path, data: pa.Table, *, partitioned: bool = False) -> None:
-    """Append without an app transaction: for small append-only ledgers (optionally by run_id)."""
-    write_deltalake(str(path), data, mode="append", partition_by=[PARTITION_COLUMN] if partitioned else None)
+def write_plain(path: Path, data: pa.Table, *, partitioned: bool = False, merge_schema: bool = False) -> None:
+    """Append without an app transaction: for small append-only ledgers (optionally by run_id).
+
+    ``merge_schema``: columns of ``data`` the table lacks are added to it (a ledger that gained a
+    nullable column since the table was created); earlier rows read them as null. Only a commit
+    that really adds a column changes the table's metadata, so appends still never conflict.
+    """
+    write_deltalake(str(path), data, mode="append", partition_by=[PARTITION_COLUMN] if partitioned else None,
+                    schema_mode="merge" if merge_schema else None)
 
 
 def delete_run(path: Path, run_id: str) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""Feeding a stream of snapshots through a store: the loop the CLI, flows and benchmarks share."""
+"""Feeding a stream of snapshots through a store: the loop the CLI, flows and benchmarks share.
+
+Also what identifies a stream (:func:`backtest_inputs`, :func:`live_inputs`): the store records it
+with the run, and refuses a resume of the run with other inputs (RST-301), because the resume would
+skip every committed timestep and append the rest of another stream.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +16,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from results_store.inbox import file_sha256
 from results_store.simulator.jsonl import read_jsonl
-from results_store.simulator.live_source import LiveSource
-from results_store.simulator.reference import ReferenceEngine
+from results_store.simulator.live_source import LiveSource, ReferenceLiveSource
+from results_store.simulator.reference import ReferenceEngine, parse_freq
 from results_store.store import ResultsStore
 from results_store.summary import RunSummary
+from results_store.utc import to_utc
 from schemas.modes import ModeConfig
 from schemas.settings import StoreSettings
 
 __all__ = [
     "ProgressHooks",
+    "backtest_inputs",
     "backtest_source",
     "collect_pending",
     "current_progress",
     "feed",
+    "live_inputs",
     "report_progress",
     "run_snapshots",
     "run_snapshots_async",
@@ -68,6 +79,32 @@ def backtest_source(config: ModeConfig, *, snapshot_file: str | Path | None, sta
         return read_jsonl(Path(snapshot_file)), None
     engine = ReferenceEngine(config, start, end, freq, seed=seed)
     return engine.iter_snapshots(), len(engine)
+
+
+def backtest_inputs(*, snapshot_file: str | Path | None, start: str, end: str, freq: str, seed: int) -> dict[str, Any]:
+    """What a backtest's snapshots come from, as the run's identity records it (see ``backtest_source``).
+
+    A snapshot file is its content's sha256, so the same bytes under another path (an inbox file
+    moved, a copy) are the same run. The reference engine is its parameters, normalised so that
+    equal values spelled differently ("2024-01-01" and "2024-01-01 00:00", "1min" and "60s") agree.
+    """
+    if snapshot_file:
+        return {"source": "snapshot_file", "snapshot_sha256": file_sha256(Path(snapshot_file))}
+    return {"source": "reference_engine", "start": to_utc(start).isoformat(), "end": to_utc(end).isoformat(),
+            "freq": _seconds(parse_freq(freq)), "seed": int(seed)}
+
+
+def live_inputs(source: LiveSource) -> dict[str, Any] | None:
+    """What a live feed is, for the live run's identity; None for a feed that cannot say (a real engine's)."""
+    if isinstance(source, ReferenceLiveSource):
+        return {"source": "reference_live", "anchor": source.anchor.isoformat(), "freq": _seconds(source.step),
+                "seed": int(source.seed)}
+    return None
+
+
+def _seconds(step: pd.Timedelta) -> str:
+    """A timestep as whole seconds ("60s"): one spelling for every way of writing the same frequency."""
+    return f"{int(step.total_seconds())}s"
 
 
 async def collect_pending(store: ResultsStore, source: LiveSource, now: datetime) -> tuple[int | None, int, int]:

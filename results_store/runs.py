@@ -2,6 +2,15 @@
 
 Append-only keeps concurrent runs conflict-free (Delta appends never conflict) and keeps each
 run's history: started, resumed, finished, rerun with the table versions before and after.
+
+A run id names one run: its mode, its config and its **inputs** (what its snapshots come from: the
+reference engine's start, end, freq and seed, or a snapshot file's content sha256). The inputs are
+recorded in ``inputs_json`` by each start that states them; records that do not restate them (a
+finish, a rerun) leave the column null, so a run's inputs are those of its newest record that has
+any. :func:`input_differences` says what a resume would change. A run recorded without inputs
+(before they were kept, or by an engine that states none) adopts those of the first start that
+gives them. Registries created before the column existed are read with it as null and gain it on
+their next append (Delta schema merge).
 """
 
 from __future__ import annotations
@@ -21,7 +30,14 @@ from results_store import delta_tables
 from results_store.error_map import storage_errors
 from schemas.store_tables import RUNS, RUNS_SCHEMA
 
-__all__ = ["append_run_record", "code_version", "latest_run", "read_runs", "runs_path"]
+__all__ = [
+    "append_run_record",
+    "code_version",
+    "input_differences",
+    "latest_run",
+    "read_runs",
+    "runs_path",
+]
 
 REGISTRY_FILES_BEFORE_COMPACTION = 32
 
@@ -62,8 +78,9 @@ def append_run_record(
     row_counts: dict[str, int] | None = None,
     table_versions: dict[str, Any] | None = None,
     note: str = "",
+    inputs: dict[str, Any] | None = None,
 ) -> None:
-    """Append one state of a run to the registry."""
+    """Append one state of a run to the registry; ``inputs`` when this state states them (see the module docstring)."""
     record = {
         "run_id": run_id,
         "mode": mode,
@@ -79,13 +96,15 @@ def append_run_record(
         "table_versions_json": orjson.dumps(table_versions or {}, option=orjson.OPT_SORT_KEYS).decode(),
         "note": note,
         "recorded_at": datetime.now(UTC),
+        "inputs_json": None if inputs is None else orjson.dumps(inputs, option=orjson.OPT_SORT_KEYS).decode(),
     }
     table = pa.Table.from_pylist([record], schema=RUNS_SCHEMA)
     path = runs_path(root, execution_mode)
     with storage_errors("append run record", path):
         # Partitioned by run: a run's current state is read from its own files only, however many
         # runs (or minutes of a live run) the registry has seen.
-        delta_tables.write_plain(path, table, partitioned=True)
+        # merge_schema: a registry created before a column existed gains it here instead of refusing the record.
+        delta_tables.write_plain(path, table, partitioned=True, merge_schema=True)
     # Every record is a file; a live run gains one per collection, so merge them now and then.
     delta_tables.compact_run(path, run_id, min_files=REGISTRY_FILES_BEFORE_COMPACTION)
 
@@ -113,7 +132,24 @@ def latest_run(root: Path, execution_mode: str, run_id: str) -> dict[str, Any] |
     record = {k: (None if _missing(v) else v) for k, v in rows.iloc[0].to_dict().items()}
     record["row_counts"] = orjson.loads(record["row_counts_json"] or "{}")
     record["table_versions"] = orjson.loads(record["table_versions_json"] or "{}")
+    # The newest record that states inputs; a registry from before the column has none.
+    stated = [v for v in rows.get("inputs_json", pd.Series(dtype=object)) if not _missing(v)]
+    record["inputs"] = orjson.loads(stated[0]) if stated else None
     return record
+
+
+def input_differences(recorded: dict[str, Any] | None, given: dict[str, Any] | None) -> list[str]:
+    """What ``given`` changes in a run's ``recorded`` inputs, one ``"<key> <given> != <recorded>"`` each.
+
+    Empty when they agree, or when either side is None: a run without recorded inputs has nothing to
+    compare against, and an engine that states none keeps the store's earlier behaviour.
+    """
+    if recorded is None or given is None:
+        return []
+    given = orjson.loads(orjson.dumps(given))  # compare in the recorded (JSON) form: a tuple is a list there
+    missing = "(none)"
+    return [f"{key} {given.get(key, missing)} != {recorded.get(key, missing)}"
+            for key in sorted(set(recorded) | set(given)) if given.get(key, missing) != recorded.get(key, missing)]
 
 
 def _missing(value: Any) -> bool:

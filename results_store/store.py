@@ -32,7 +32,7 @@ from results_store.flatten import to_micros
 from results_store.health import HealthTracker
 from results_store.live import LiveDurability, wal_directory
 from results_store.run_lock import RunLock
-from results_store.runs import append_run_record, latest_run, read_runs
+from results_store.runs import append_run_record, input_differences, latest_run, read_runs
 from results_store.summary import RunSummary
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig, config_hash
@@ -71,6 +71,7 @@ class ResultsStore:
         backoff_base_s: float = 0.5,
         commit_metadata: dict[str, Any] | None = None,
         allow_config_change: bool = False,
+        run_inputs: dict[str, Any] | None = None,
     ) -> None:
         if execution_mode not in ("backtest", "live"):
             raise ComponentError("RST-201", f"execution_mode must be 'backtest' or 'live', got {execution_mode!r}")
@@ -92,6 +93,8 @@ class ResultsStore:
         self._backoff_base_s = backoff_base_s
         self._commit_metadata = dict(commit_metadata or {})
         self._allow_config_change = allow_config_change
+        # What the snapshots come from (engine parameters, a file's sha256): part of the run's identity.
+        self._run_inputs = dict(run_inputs) if run_inputs is not None else None
         names = [t.value for t in config.results_store.result_types] + [RAW_SNAPSHOTS, QUARANTINE]
         self.table_paths = {n: delta_tables.table_path(self.root, execution_mode, n) for n in names}
         self.results_queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.settings.queue_size)
@@ -193,13 +196,24 @@ class ResultsStore:
                     f"{existing['config_hash'][:12]}; this run has mode {self.config.mode!r} and "
                     f"config {digest[:12]}",
                 )
+            # Other inputs under the same run id would skip every committed timestep and append the
+            # rest: two runs mixed into one. Without inputs on either side there is nothing to compare.
+            differences = input_differences(existing["inputs"], self._run_inputs)
+            if differences:
+                raise ComponentError(
+                    "RST-301",
+                    f"run {self.run_id!r} already exists with other inputs (given != recorded): "
+                    f"{'; '.join(differences)}. A run id names one run: resume it with its own inputs, "
+                    "or store these under another run id",
+                    details={"run_id": self.run_id, "differences": differences},
+                )
             self._started_at = pd.Timestamp(existing["started_at"]).to_pydatetime()
             self.parent_run_id = self.parent_run_id or existing.get("parent_run_id") or None
         note = "started" if existing is None else f"resumed after timestep {self._watermark}"
         append_run_record(
             self.root, self.execution_mode, run_id=self.run_id, mode=self.config.mode, status="running",
             config_json=self.config.redacted(), config_hash=digest, started_at=self._started_at,
-            parent_run_id=self.parent_run_id, note=note,
+            parent_run_id=self.parent_run_id, note=note, inputs=self._run_inputs,
         )
 
     async def stop(self) -> RunSummary:

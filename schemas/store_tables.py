@@ -93,6 +93,11 @@ class RunRecord(_Strict):
     table_versions_json: Series[str] = pdr.Field(description="Delta version per table after this state, JSON")
     note: Series[str] = pdr.Field(description="what this state records, e.g. 'rerun: result_types changed'")
     recorded_at: Series[UtcMicros]
+    # Last, and nullable: registries written before it existed gain it on their next append (schema
+    # merge) and read it as null; a state that does not restate the inputs leaves it null too.
+    inputs_json: Series[str] = pdr.Field(
+        nullable=True, description="what the run's snapshots come from (engine parameters or the snapshot "
+        "file's sha256), JSON; part of the run's identity with mode and config")
 
 
 LEDGER_STATUSES = ("started", "processed", "failed")

@@ -7,6 +7,7 @@ engine down instead of dropping snapshots. A run costs Prefect one task run, not
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.runtime import flow_run
 
-from results_store.drive import backtest_source, collect_pending, current_progress, feed
+from results_store.drive import backtest_inputs, backtest_source, collect_pending, current_progress, feed, live_inputs
 from results_store.simulator.live_source import LiveSource
 from results_store.store import ResultsStore
 from results_store.summary import RunSummary
@@ -59,8 +60,11 @@ async def store_snapshots(mode: ModeName, run_id: str, data_dir: Path, *, snapsh
                     mode, f"{length:,}", freq, start, seed, run_id)
     if hooks is not None and length is not None:
         hooks.total(length)
+    # The run's identity: a resume (a retry included) must come from the same engine parameters or file content.
+    inputs = await asyncio.to_thread(backtest_inputs, snapshot_file=snapshot_file, start=start, end=end, freq=freq,
+                                     seed=seed)
     store = ResultsStore(config, "backtest", data_dir=data_dir, run_id=run_id, settings=settings,
-                         commit_metadata=_commit_metadata())
+                         commit_metadata=_commit_metadata(), run_inputs=inputs)
     async with store:
         # A restart with this run_id skips what is committed; the progress bar counts those too.
         await feed(store, source, hooks.advance if hooks is not None else None)
@@ -77,7 +81,7 @@ async def collect_live(source: LiveSource, *, mode: ModeName, run_id: str, data_
     root = resolve_data_dir(data_dir)
     settings = load_settings(config, data_dir=root, execution_mode="live")
     store = ResultsStore(config, "live", data_dir=root, run_id=run_id, settings=settings,
-                         commit_metadata=_commit_metadata())
+                         commit_metadata=_commit_metadata(), run_inputs=live_inputs(source))
     # start() waits for the run's lock, then reads what is committed and replays the WAL.
     async with store:
         committed, replayed_up_to, fed = await collect_pending(store, source, now)
