@@ -2,30 +2,35 @@
 
 ``prepare`` is CPU work (flatten, validate, serialise the raw payload), GIL-bound, so the store
 runs it where it competes least with the engine; ``commit`` writes every table of the run in
-parallel (pyarrow and delta-rs work outside the GIL) with retries and a timeout per table. Each table's commit
+parallel (pyarrow and delta-rs work outside the GIL) with a timeout per table. Each table's commit
 carries the batch's last timestep as its application-transaction version, so a retried or
 replayed batch is a no-op for tables that already have it.
+
+Failures are classified by ``results_store.error_map``: only transient ones (RST-001, RST-003)
+are retried, with jittered exponential backoff (``stamina``); a terminal one (a full disk, a
+read-only mount, corrupt data, a schema mismatch, a bug) is raised at its first occurrence.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import stamina
 
 from results_store import delta_tables
+from results_store.error_map import is_transient, map_error, storage_errors
 from results_store.flatten import SnapshotItem, flatten_batch
 from results_store.json_policy import default as json_default
 from results_store.validate import quarantine_rejected, validate_table
@@ -35,7 +40,7 @@ from schemas.result_types import ResultType
 from schemas.settings import StoreSettings
 from schemas.store_tables import QUARANTINE, QUARANTINE_SCHEMA, RAW_SNAPSHOTS, RAW_SNAPSHOTS_SCHEMA
 
-__all__ = ["BatchWriter", "PreparedBatch", "TableWriter", "delta_table_writer"]
+__all__ = ["BACKTEST_RETRY", "LIVE_RETRY", "BatchWriter", "CommitOutcome", "PreparedBatch", "Queued", "RetryPolicy"]
 
 # A queued snapshot, as a plain tuple because it is built on the engine's hot path:
 # (timestep, timestamp in µs since epoch UTC, timestamp as given, results dict, monotonic enqueue time)
@@ -43,16 +48,30 @@ Queued = tuple[int, int, Any, dict[str, Any], float]
 SCHEMA_VERSION = "1"
 
 
-class TableWriter(Protocol):
-    """Commits ``data`` to the table at ``path`` for ``run_id`` up to ``last_timestep``."""
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a transient failure is retried: at most ``attempts`` tries (None: no limit) within
+    ``timeout_s`` (None: no limit), waiting ``wait_initial_s`` doubled each time up to ``wait_max_s``,
+    plus up to ``wait_jitter_s`` of random jitter so that writers that failed together do not retry together."""
 
-    def __call__(self, path: Path, data: pa.Table, *, run_id: str, last_timestep: int,
-                 compression: Any, metadata: dict[str, Any]) -> int | None: ...
+    attempts: int | None
+    timeout_s: float | None
+    wait_initial_s: float
+    wait_max_s: float
+    wait_jitter_s: float = 1.0
+
+    def attempts_on_transient(self) -> Iterator[stamina.Attempt]:
+        """stamina's attempts, retrying only what ``error_map`` calls transient (its test mode drops the waits)."""
+        return iter(stamina.retry_context(on=is_transient, attempts=self.attempts, timeout=self.timeout_s,
+                                          wait_initial=self.wait_initial_s, wait_max=self.wait_max_s,
+                                          wait_jitter=self.wait_jitter_s))
 
 
-delta_table_writer: TableWriter = delta_tables.append_exactly_once
-
-
+# Backtest: a few tries, then the run fails and Prefect's one task retry resumes it.
+BACKTEST_RETRY = RetryPolicy(attempts=4, timeout_s=None, wait_initial_s=0.5, wait_max_s=5.0)
+# Live: the batch is safe in the write-ahead log, so storage gets two minutes to come back; not
+# for ever, because a collection must end (Failed) for the next one to start and try again.
+LIVE_RETRY = RetryPolicy(attempts=None, timeout_s=120.0, wait_initial_s=1.0, wait_max_s=15.0)
 
 
 def _utf8_array(payloads: Sequence[bytes]) -> pa.Array | pa.ChunkedArray:
@@ -112,20 +131,17 @@ class BatchWriter:
         settings: StoreSettings,
         run_id: str,
         table_paths: dict[str, Path],
-        writer: TableWriter = delta_table_writer,
-        on_retry: Callable[[ComponentError, int, str], None] | None = None,
-        backoff_base_s: float = 0.5,
-        max_retries: int = 3,
+        on_failed_attempt: Callable[[ComponentError, int, str], None] | None = None,
         commit_metadata: dict[str, Any] | None = None,
     ) -> None:
+        """``on_failed_attempt(error, attempt, table)`` hears of every transient failure of a table
+        write (``attempt`` counts from 1; stamina retries it unless its attempts or time ran out)."""
         self.mode = mode
         self.settings = settings
         self.run_id = run_id
         self.table_paths = table_paths
-        self.writer = writer
-        self.on_retry = on_retry
-        self.backoff_base_s = backoff_base_s
-        self.max_retries = max_retries
+        self.on_failed_attempt = on_failed_attempt
+        self.retry = LIVE_RETRY if settings.execution_mode == "live" else BACKTEST_RETRY
         self.commit_metadata = dict(commit_metadata or {})
         self.result_types = [ResultType(t) for t in mode.results_store.result_types]
         self.committed: dict[str, int | None] = {
@@ -192,7 +208,9 @@ class BatchWriter:
 
     # -- commit (worker thread) ---------------------------------------------------------------
     def commit(self, batch: PreparedBatch) -> CommitOutcome:
-        """Commit every table of ``batch``; raise ComponentError once retries are exhausted."""
+        """Commit every table of ``batch``; raise a ComponentError if a table could not be committed:
+        a terminal one at once, a transient one once its retries are exhausted. The tables that did
+        commit keep their commit (the next attempt skips them by their app-transaction version)."""
         started = time.perf_counter()
         futures = {
             name: self._pool.submit(self._commit_table, name, table, batch)
@@ -201,12 +219,12 @@ class BatchWriter:
         versions: dict[str, int] = {}
         rows: dict[str, int] = {}
         commits = retries = 0
-        first_error: ComponentError | None = None
+        errors: list[ComponentError] = []
         for name, future in futures.items():
             try:
                 version, written, attempts = future.result()
-            except ComponentError as exc:
-                first_error = first_error or exc
+            except Exception as exc:
+                errors.append(map_error(exc, f"commit {name}", self.table_paths[name]))
                 continue
             retries += attempts - 1
             rows[name] = written
@@ -214,8 +232,9 @@ class BatchWriter:
                 versions[name] = version
                 commits += 1
             self.committed[name] = batch.last_timestep
-        if first_error is not None:
-            raise first_error
+        if errors:
+            # A terminal error first: retrying the batch cannot succeed while it stands.
+            raise min(errors, key=lambda error: error.transient)
         return CommitOutcome(versions, commits, rows, time.perf_counter() - started, retries)
 
     def _commit_table(self, name: str, table: pa.Table, batch: PreparedBatch) -> tuple[int | None, int, int]:
@@ -232,54 +251,45 @@ class BatchWriter:
             "first_timestep": str(batch.first_timestep),
             "last_timestep": str(batch.last_timestep),
         }
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                version = self._write_with_timeout(name, table, batch.last_timestep, metadata)
-                return version, table.num_rows, attempt
-            except ComponentError as exc:
-                if not exc.transient or attempt > self.max_retries:
+        for attempt in self.retry.attempts_on_transient():
+            with attempt:
+                try:
+                    version = self._write_with_timeout(name, table, batch.last_timestep, metadata)
+                except ComponentError as exc:
+                    if exc.transient and self.on_failed_attempt is not None:
+                        self.on_failed_attempt(exc, attempt.num, name)
                     raise
-                if self.on_retry is not None:
-                    self.on_retry(exc, attempt, name)
-                time.sleep(self.backoff_base_s * 2 ** (attempt - 1))
+                return version, table.num_rows, attempt.num
+        raise AssertionError("unreachable: stamina re-raises the last failure")
 
     def _write_with_timeout(self, name: str, table: pa.Table, last_timestep: int,
                             metadata: dict[str, Any]) -> int | None:
         # A timed-out write cannot be cancelled; wait for it to settle before any retry, so two
         # attempts never run at once (the app-transaction check then makes the retry a no-op).
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        writer = self.writer
-        if writer is delta_table_writer:
-            writer = functools.partial(self._append_with_handle, name)
         future = executor.submit(
-            writer, self.table_paths[name], table, run_id=self.run_id,
+            self._append_with_handle, name, self.table_paths[name], table, run_id=self.run_id,
             last_timestep=last_timestep, compression=self.settings.compression, metadata=metadata,
         )
         try:
             return future.result(timeout=self.settings.timeout)
         except concurrent.futures.TimeoutError:
-            timeout_error = ComponentError(
+            with contextlib.suppress(Exception):  # its outcome is read back by the retry's version check
+                future.result()
+            raise ComponentError(
                 "RST-003", f"writing {name} ({table.num_rows} rows) took longer than "
                 f"{self.settings.timeout:g} s", details={"table": name, "rows": table.num_rows},
-            )
-            if self.on_retry is not None:
-                self.on_retry(timeout_error, 0, name)
-            with contextlib.suppress(ComponentError):
-                future.result()
-            raise timeout_error from None
-        except ComponentError:
-            raise
+            ) from None
         except Exception as exc:
-            raise ComponentError("RST-001", f"writing {name} failed: {type(exc).__name__}: {exc}",
-                                 original_exception=exc) from exc
+            # A failed attempt may leave the cached handle behind the log: the next one reopens it.
+            self._handles.pop(name, None)
+            raise map_error(exc, f"write {name}", self.table_paths[name]) from exc
         finally:
             executor.shutdown(wait=False)
 
     def _append_with_handle(self, name: str, path: Path, data: pa.Table, **kwargs: Any) -> int | None:
-        """The default writer, reusing one open table per result table: opening a Delta table
-        replays its log, which three opens per table per batch made a visible share of a commit."""
+        """``delta_tables.append_exactly_once``, reusing one open table per result table: opening a
+        Delta table replays its log, which three opens per table per batch made a visible share of a commit."""
         handle = self._handles.get(name)
         if handle is None:
             handle = delta_tables.open_table(path)  # still None before the table's first commit
@@ -291,8 +301,13 @@ class BatchWriter:
     def compact(self) -> dict[str, int]:
         """Optimize this run's partition of every table; returns data files per table after."""
         def compact_one(path: Path) -> int:
-            delta_tables.compact_run(path, self.run_id, compression=self.settings.compression)
-            return len(delta_tables.data_files(path, run_id=self.run_id))
+            # Compaction is idempotent (a retry finds the files merged, or merges them), so a
+            # transient failure is retried like a commit; a terminal one fails the run's finalize.
+            for attempt in self.retry.attempts_on_transient():
+                with attempt, storage_errors("compact", path):
+                    delta_tables.compact_run(path, self.run_id, compression=self.settings.compression)
+                    return len(delta_tables.data_files(path, run_id=self.run_id))
+            raise AssertionError("unreachable: stamina re-raises the last failure")
 
         # Tables are independent and delta-rs works outside the GIL: compact them side by side,
         # the raw payloads first because they take longest (1.4 s of 3.6 s for a 1-year run).

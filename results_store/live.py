@@ -6,9 +6,13 @@
   is full (or a backlog already exists, so FIFO order holds), keep it only in the WAL ("spill")
   and report health ``degraded`` until the backlog drains;
 * drain: read the spilled backlog back from the WAL in order, once the queue is empty;
-* commit: start a new WAL segment per batch, retry a failed commit on every flush interval
-  (live never gives up: the batch is still in the WAL), then delete fully committed segments;
+* commit: start a new WAL segment per batch, commit it (the batch writer retries transient
+  failures), then delete fully committed segments. A commit that fails for good fails the run,
+  and the batch stays in the WAL for the next run;
 * recover: on start, what the WAL holds past the committed watermark becomes the backlog.
+
+Storage errors are mapped by ``results_store.error_map``: a WAL append retries a transient one
+briefly and raises a terminal one to the engine (the snapshot is then not acknowledged).
 
 Every use of the ``WriteAheadLog`` goes through this class, under one lock: appends run in a
 worker thread, backlog reads in another and segment releases in a third, and the log's file
@@ -29,12 +33,16 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from results_store.batch_writer import CommitOutcome, PreparedBatch, Queued
+from results_store.batch_writer import CommitOutcome, PreparedBatch, Queued, RetryPolicy
+from results_store.error_map import map_error, storage_errors
 from results_store.health import HealthTracker
 from results_store.wal import WalEntry, WriteAheadLog
 from schemas.errors import ComponentError
 
-__all__ = ["ErrorSink", "LiveDurability", "wal_directory"]
+__all__ = ["WAL_APPEND_RETRY", "ErrorSink", "LiveDurability", "wal_directory"]
+
+# The engine waits for its WAL append: a transient failure gets a few quick tries, no more.
+WAL_APPEND_RETRY = RetryPolicy(attempts=3, timeout_s=None, wait_initial_s=0.02, wait_max_s=0.2, wait_jitter_s=0.02)
 
 
 def wal_directory(root: Path, run_id: str) -> Path:
@@ -52,15 +60,15 @@ class LiveDurability:
     """The WAL-and-spill state machine of one live run (see the module docstring)."""
 
     def __init__(self, directory: Path, *, queue: asyncio.Queue[Any], health: HealthTracker,
-                 log_error: ErrorSink, retry_interval_s: float) -> None:
-        self._wal = WriteAheadLog(directory)
+                 log_error: ErrorSink) -> None:
+        with storage_errors("open the write-ahead log", directory):
+            self._wal = WriteAheadLog(directory)
         # One lock for every WAL call: see the module docstring for which threads share the log.
         self._wal_lock = threading.Lock()
         # Read only (full, qsize, maxsize): the store owns the queue and puts into it.
         self._queue = queue
         self._health = health
         self._log_error = log_error
-        self._retry_interval_s = retry_interval_s
         self._spill_pending = 0  # acknowledged snapshots in the WAL but not in the queue
         self._spill_after = -1   # ... with timesteps greater than this
         self._queued_last_step = -1  # the last timestep that went through the queue
@@ -85,7 +93,7 @@ class LiveDurability:
         return replay[-1]
 
     def _entries_after(self, timestep: int) -> list[WalEntry]:
-        with self._wal_lock:
+        with self._wal_lock, storage_errors("read the write-ahead log", self.directory):
             return list(self._wal.entries(timestep))
 
     # ----------------------------------------------------------------------------- acknowledge
@@ -103,8 +111,11 @@ class LiveDurability:
         return True
 
     def _append(self, item: Queued) -> None:
-        with self._wal_lock:
-            self._wal.append(item[0], item[1], item[3])
+        for attempt in WAL_APPEND_RETRY.attempts_on_transient():
+            # The lock is let go between attempts, so the worker's reads and releases go on meanwhile.
+            with attempt, self._wal_lock, storage_errors("append to the write-ahead log", self.directory):
+                self._wal.append(item[0], item[1], item[3])
+                return
 
     def _start_spilling(self, timestep: int) -> None:
         # Everything after the last queued timestep is now read back from the WAL, in order.
@@ -132,35 +143,33 @@ class LiveDurability:
 
     def _read_after(self, timestep: int, limit: int) -> list[Queued]:
         # Only the WAL read holds the lock; building the queue tuples does not need it.
-        with self._wal_lock:
+        with self._wal_lock, storage_errors("read the write-ahead log", self.directory):
             entries = list(islice(self._wal.entries(timestep), limit))
         return [(e.timestep, e.timestamp_us, pd.Timestamp(e.timestamp_us, unit="us", tz="UTC"), e.results,
                  time.monotonic()) for e in entries]
 
     # ----------------------------------------------------------------------------- commit
     async def commit(self, batch: PreparedBatch, write: Callable[[PreparedBatch], CommitOutcome]) -> CommitOutcome:
-        """Commit ``batch`` with ``write``, retrying every flush interval until it lands."""
+        """Commit ``batch`` with ``write``, which retries transient failures itself. A failure is
+        raised: the batch stays in the WAL, and the next run (collection) commits it."""
         # A new segment per batch, so a segment can be deleted as soon as its batch is committed.
         await asyncio.to_thread(self._seal)
-        while True:
-            try:
-                outcome = await asyncio.to_thread(write, batch)
-                break
-            except ComponentError as exc:
-                # Live keeps going: the batch stays in the WAL and is retried on the next flush.
-                self._health.fatal = f"{exc}"
-                self._log_error(exc, event_type="storage_failed")
-                await asyncio.sleep(self._retry_interval_s)
-        self._health.fatal = None
-        return outcome
+        return await asyncio.to_thread(write, batch)
 
     def _seal(self) -> None:
-        with self._wal_lock:
+        with self._wal_lock, storage_errors("seal a write-ahead log segment", self.directory):
             self._wal.seal()
 
     async def release_through(self, timestep: int) -> None:
-        """Delete the WAL segments whose snapshots are all committed (timestep <= ``timestep``)."""
-        await asyncio.to_thread(self._release_through, timestep)
+        """Delete the WAL segments whose snapshots are all committed (timestep <= ``timestep``).
+
+        A failure is logged, not raised: the snapshots are committed, and a segment left behind is
+        skipped on replay (at or below the watermark) and deleted by a later release.
+        """
+        try:
+            await asyncio.to_thread(self._release_through, timestep)
+        except Exception as exc:
+            self._log_error(map_error(exc, "delete committed write-ahead log segments", self.directory))
 
     def _release_through(self, timestep: int) -> None:
         with self._wal_lock:
@@ -168,5 +177,5 @@ class LiveDurability:
 
     def close(self) -> None:
         """Close the open segment (blocking: call it from a worker thread). Files stay for a restart."""
-        with self._wal_lock:
+        with self._wal_lock, storage_errors("close the write-ahead log", self.directory):
             self._wal.close()

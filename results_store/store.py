@@ -8,6 +8,11 @@ thread in live) and committed as batches from a writer thread while the next chu
 one Delta commit per table per batch, each carrying the batch's last timestep as its
 application-transaction version. A restart with the same ``run_id`` reads those versions and
 skips what is already committed.
+
+Failing loudly: the worker's first failure (mapped onto its RST code by ``results_store.error_map``)
+is the run's failure. From then on ``store_timestep_results`` and ``stop()`` raise it, an engine
+waiting for room in a full queue is woken with it, and cleanup releases the run's lock whatever else
+fails, so a retry in the same process (Prefect's) can start at once.
 """
 
 from __future__ import annotations
@@ -17,16 +22,17 @@ import collections
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from results_store import delta_tables
 from results_store.allocators import tune_allocators
-from results_store.batch_writer import BatchWriter, PreparedBatch, Queued, TableWriter, delta_table_writer
+from results_store.batch_writer import BatchWriter, PreparedBatch, Queued
+from results_store.error_map import map_error, storage_errors
 from results_store.events import EventLog
 from results_store.flatten import to_micros
 from results_store.health import HealthTracker
@@ -42,7 +48,11 @@ from schemas.store_tables import QUARANTINE, RAW_SNAPSHOTS
 
 __all__ = ["ResultsStore"]
 
+_T = TypeVar("_T")
+
 _STOP: Any = object()
+# Codes logged as "storage_failed" (the spec's event for a failed write) rather than a plain "error".
+_STORAGE_CODES = frozenset({"RST-001", "RST-003", "RST-004", "RST-005", "RST-006"})
 # Snapshots flattened and validated together. pandera costs ~4 ms per table per call whatever the
 # size, so larger chunks are cheaper per timestep (bench: 34 µs at 5,000, 28 µs at 10,000, 26 µs at
 # 20,000) but hold more Python objects at once (+34 MB per 5,000 more): 10,000 is the middle.
@@ -67,8 +77,6 @@ class ResultsStore:
         health_manager: Any = None,
         settings: StoreSettings | None = None,
         parent_run_id: str | None = None,
-        writer: TableWriter = delta_table_writer,
-        backoff_base_s: float = 0.5,
         commit_metadata: dict[str, Any] | None = None,
         allow_config_change: bool = False,
         run_inputs: dict[str, Any] | None = None,
@@ -85,12 +93,11 @@ class ResultsStore:
         self.settings = base.model_copy(update={"execution_mode": execution_mode, "data_dir": Path(data_dir)})
         self.root = self.settings.root
         self._live = execution_mode == "live"
-        self.event_log = event_logger or EventLog(self.settings.data_dir, buffered=not self._live)
+        with storage_errors("open the event log", self.settings.data_dir):
+            self.event_log = event_logger or EventLog(self.settings.data_dir, buffered=not self._live)
         self._owns_event_log = event_logger is None
         self.health = HealthTracker(execution_mode)
         self.health_manager = health_manager
-        self._writer_fn = writer
-        self._backoff_base_s = backoff_base_s
         self._commit_metadata = dict(commit_metadata or {})
         self._allow_config_change = allow_config_change
         # What the snapshots come from (engine parameters, a file's sha256): part of the run's identity.
@@ -101,7 +108,7 @@ class ResultsStore:
         self._enqueued_at: collections.deque[float] = collections.deque()
         self._batch_writer: BatchWriter | None = None
         self._worker_task: asyncio.Task[None] | None = None
-        self._failure: BaseException | None = None
+        self._failure: ComponentError | None = None
         self._running = False
         self._started_at = datetime.now(UTC)
         self._t0 = 0.0
@@ -139,13 +146,18 @@ class ResultsStore:
             return self.get_storage_status()
         self._t0 = time.perf_counter()
         allocators = tune_allocators() if self.settings.tune_allocators else {}
-        await asyncio.to_thread(self._lock.acquire)
+        await asyncio.to_thread(self._acquire_lock)
         try:
             self._batch_writer = await asyncio.to_thread(self._open_writer)
             self._watermark = self._batch_writer.watermark()
-            await asyncio.to_thread(self._register_start)
-        except BaseException:
-            self._lock.release()
+            await asyncio.to_thread(self._retrying, f"register run {self.run_id}", self._register_start)
+            if self._live:
+                await self._open_durability()
+        except BaseException as exc:
+            # Nothing of this attempt may keep the run's lock: a retry in this process must get it.
+            await asyncio.to_thread(self._release)
+            if isinstance(exc, Exception) and not isinstance(exc, ComponentError):
+                raise map_error(exc, f"start run {self.run_id}", self.root) from exc
             raise
         self.event_log.log_event("component_initialization", {
             "execution_mode": self.execution_mode,
@@ -157,28 +169,34 @@ class ResultsStore:
             "resume_after_timestep": self._watermark,
             "allocators": allocators,
         })
-        if self._live:
-            self._durability = LiveDurability(
-                wal_directory(self.root, self.run_id), queue=self.results_queue, health=self.health,
-                log_error=self._log_error, retry_interval_s=self.settings.flush_interval,
-            )
-            last = await self._durability.recover(self._watermark)
-            # Replayed snapshots were acknowledged before the restart: the engine resumes after them.
-            if last is not None:
-                self._last_step = last.timestep
-                self._last_ts = last.timestamp_us
-            elif self._watermark >= 0:
-                self._last_step = self._watermark
         self._running = True
         self._worker_task = asyncio.create_task(self._worker(), name=f"results-store-worker-{self.run_id}")
         return self.get_storage_status()
+
+    def _acquire_lock(self) -> None:
+        with storage_errors("lock run", self._lock.path):
+            self._lock.acquire()
+
+    async def _open_durability(self) -> None:
+        """Live: open the WAL and make what it holds past the committed watermark the backlog."""
+        self._durability = LiveDurability(
+            wal_directory(self.root, self.run_id), queue=self.results_queue, health=self.health,
+            log_error=self._log_error,
+        )
+        last = await self._durability.recover(self._watermark)
+        # Replayed snapshots were acknowledged before the restart: the engine resumes after them.
+        if last is not None:
+            self._last_step = last.timestep
+            self._last_ts = last.timestamp_us
+        elif self._watermark >= 0:
+            self._last_step = self._watermark
 
     def _open_writer(self) -> BatchWriter:
         for path in self.table_paths.values():
             path.parent.mkdir(parents=True, exist_ok=True)
         return BatchWriter(
             mode=self.config, settings=self.settings, run_id=self.run_id, table_paths=self.table_paths,
-            writer=self._writer_fn, on_retry=self._on_retry, backoff_base_s=self._backoff_base_s,
+            on_failed_attempt=self._on_failed_attempt,
             commit_metadata={**self._commit_metadata, "mode": self.config.mode,
                              "execution_mode": self.execution_mode},
         )
@@ -217,41 +235,89 @@ class ResultsStore:
         )
 
     async def stop(self) -> RunSummary:
-        """Drain the queue, commit what is left, compact the run, record it; return its summary."""
+        """Drain the queue, commit what is left, compact the run, record it; return its summary.
+
+        Raises the run's failure (the worker's, or finalize's) after recording the run failed;
+        the lock is released either way.
+        """
         if not self._running:
+            if self._failure is not None:
+                raise self._failure
             if self.summary is not None:
                 return self.summary
-            raise ComponentError("RST-001", "stop() called on a store that was never started")
+            raise ComponentError("RST-901", "stop() called on a store that was never started")
         self._running = False
-        assert self._worker_task is not None
-        if not self._worker_task.done():
-            await self.results_queue.put(_STOP)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker_task
+        await self._stop_worker()
         if self._failure is not None:
-            await asyncio.to_thread(self._finish, "failed")
+            await asyncio.to_thread(self._finish_failed, str(self._failure))
             raise self._failure
-        return await asyncio.to_thread(self._finish, "finished")
+        return await asyncio.to_thread(self._finish_finished)
 
     async def _abort(self, exc: BaseException) -> None:
-        """The engine failed: commit what was accepted, mark the run failed, keep the WAL."""
+        """The engine failed (or was handed the store's failure): commit what was accepted, mark the
+        run failed, keep the WAL. The caller re-raises ``exc``."""
+        if not self._running:
+            return
         self._running = False
-        if self._worker_task is not None and not self._worker_task.done():
-            await self.results_queue.put(_STOP)
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._worker_task
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(self._finish, "failed", f"engine raised {type(exc).__name__}: {exc}")
+        await self._stop_worker()
+        cause = self._failure if self._failure is not None else exc
+        note = str(cause) if isinstance(cause, ComponentError) else f"engine raised {type(exc).__name__}: {exc}"
+        await asyncio.to_thread(self._finish_failed, note)
 
-    def _finish(self, status: str, note: str = "") -> RunSummary:
+    async def _stop_worker(self) -> None:
+        """Hand the worker the stop marker and wait for it to end; at once if it has failed."""
+        worker = self._worker_task
+        if worker is None:
+            return
+        if not worker.done():
+            # Raises only when the worker died before there was room: its error is self._failure.
+            with contextlib.suppress(ComponentError):
+                await self._put(_STOP)
+        # asyncio.wait: the worker's outcome is in self._failure, and our own cancellation still propagates.
+        await asyncio.wait([worker])
+
+    def _finish_finished(self) -> RunSummary:
+        """Compact and record the finished run, then release it. If that fails, the run failed:
+        it is recorded so (when storage allows) and the mapped error is raised."""
         assert self._batch_writer is not None
-        files: dict[str, int] = {}
-        if status == "finished":
+        try:
             files = self._batch_writer.compact()
             for name, path in self.table_paths.items():
                 version = delta_tables.version(path)
                 if version is not None:
                     self._versions[name] = version
+            return self._retrying(f"record run {self.run_id}", lambda: self._record("finished", "finished", files))
+        except Exception as exc:
+            error = self._fail(exc, f"finalize run {self.run_id}")
+            with contextlib.suppress(Exception):  # the disk may refuse this too; the error is raised below
+                self._retrying(f"record failed run {self.run_id}", lambda: self._record("failed", str(error), {}))
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            self._release()
+
+    def _finish_failed(self, note: str) -> None:
+        """Record the run as failed if storage allows, then release it. Never raises: the caller
+        raises the run's own error, which a failure to record it must not replace."""
+        try:
+            self._retrying(f"record failed run {self.run_id}", lambda: self._record("failed", note, {}))
+        except Exception as exc:
+            self._log_error(map_error(exc, f"record failed run {self.run_id}", self.root))
+        finally:
+            self._release()
+
+    def _retrying(self, action: str, call: Callable[[], _T]) -> _T:
+        """``call()``, its failure mapped and retried like a commit when transient: the runs registry
+        is one Delta table that every run appends to, so concurrent runs' commits may conflict."""
+        assert self._batch_writer is not None
+        for attempt in self._batch_writer.retry.attempts_on_transient():
+            with attempt, storage_errors(action, self.root / self.execution_mode):
+                return call()
+        raise AssertionError("unreachable: stamina re-raises the last failure")
+
+    def _record(self, status: str, note: str, files: dict[str, int]) -> RunSummary:
+        """The run's summary, appended to the runs registry and the event log."""
         row_counts = {name: delta_tables.count_rows(path, run_id=self.run_id)
                       for name, path in self.table_paths.items()}
         elapsed = time.perf_counter() - self._t0
@@ -270,21 +336,30 @@ class ResultsStore:
             config_json=self.config.redacted(), config_hash=config_hash(self.config),
             started_at=self._started_at, finished_at=datetime.now(UTC),
             parent_run_id=self.parent_run_id, row_counts=row_counts, table_versions=self._versions,
-            note=note or status,
+            note=note,
         )
         self.event_log.log_event("run_finalized", {
             "run_id": self.run_id, "status": status, "rows": row_counts, "commits": dict(self._commits),
             "quarantined": self._quarantined, "data_files": files, "elapsed_s": round(elapsed, 3),
+            **({"error": note} if status == "failed" else {}),
         })
-        self._batch_writer.close()
-        if self._durability is not None:
-            self._durability.close()
-        self._lock.release()
-        if self._owns_event_log:
-            self.event_log.close()
-        else:
-            self.event_log.flush()
         return self.summary
+
+    def _release(self) -> None:
+        """Close the run's files and free its lock; every step runs, whatever an earlier one raised."""
+        try:
+            closers = [c for c in (self._batch_writer, self._durability) if c is not None]
+            for closer in closers:
+                try:
+                    closer.close()
+                except Exception as exc:
+                    self._log_error(map_error(exc, f"close run {self.run_id}", self.root))
+        finally:
+            self._lock.release()
+            if self._owns_event_log:
+                self.event_log.close()
+            else:
+                self.event_log.flush()
 
     # ----------------------------------------------------------------------------- hot path
     async def store_timestep_results(self, timestamp: Any, results: dict[str, Any]) -> None:
@@ -292,15 +367,20 @@ class ResultsStore:
 
         Backtest: waits while the queue is full (the engine slows down; nothing is dropped).
         Live: the snapshot is fsynced to the WAL before this returns; a full queue never blocks.
+        Once the store has failed, raises its error (the same one ``stop()`` raises).
         """
+        if self._failure is not None:
+            raise self._failure
         if not self._running:
-            raise self._failure or ComponentError("RST-001", "the results store is not running")
+            raise ComponentError("RST-901", "store_timestep_results called on a store that is not running")
         step = results.get("timestep")
         if step is None:
             step = self._last_step + 1
         ts_us = to_micros(timestamp)
         if step <= self._last_step or ts_us < self._last_ts:
             self._refuse(step, timestamp, ts_us)
+        previous = self._last_step, self._last_ts
+        # Claimed before any await, so that a concurrent call is checked against this timestep.
         self._last_step = step
         self._last_ts = ts_us
         self._received += 1
@@ -308,11 +388,36 @@ class ResultsStore:
             self._skipped += 1
             return
         item = (step, ts_us, timestamp, results, time.monotonic())
-        if self._live:
-            await self._accept_live(item)
+        if not self._live:
+            self._enqueued_at.append(item[4])
+            await self._put(item)
             return
-        await self.results_queue.put(item)
-        self._enqueued_at.append(item[4])
+        try:
+            await self._accept_live(item)
+        except BaseException:
+            # Not acknowledged (the WAL append failed): the engine may send this timestep again.
+            if self._last_step == step:
+                (self._last_step, self._last_ts), self._received = previous, self._received - 1
+            raise
+
+    async def _put(self, item: Any) -> None:
+        """Queue ``item``, waiting while the queue is full, unless the worker ends first: then
+        raise its error (nobody would ever make room)."""
+        queue = self.results_queue
+        if not queue.full():
+            queue.put_nowait(item)
+            return
+        assert self._worker_task is not None
+        put = asyncio.ensure_future(queue.put(item))
+        try:
+            await asyncio.wait([put, self._worker_task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not put.done():
+                put.cancel()  # the worker ended first, or we are cancelled ourselves
+        if put.done() and not put.cancelled():
+            return
+        raise self._failure or ComponentError("RST-901", f"run {self.run_id}: the store's worker ended "
+                                              "while the engine waited for room in the queue")
 
     def _refuse(self, step: int, timestamp: Any, ts_us: int) -> None:
         if step <= self._last_step:
@@ -328,8 +433,8 @@ class ResultsStore:
         assert self._durability is not None
         # Durable first; a full queue never blocks live: the snapshot then waits in the WAL.
         if await self._durability.accept(item):
-            self.results_queue.put_nowait(item)
             self._enqueued_at.append(item[4])
+            self.results_queue.put_nowait(item)
 
     def _backlog(self) -> int:
         """Live snapshots acknowledged but only in the WAL (spilled or replayed); 0 in backtest."""
@@ -346,6 +451,8 @@ class ResultsStore:
         stopping = False
         try:
             while True:
+                if self._failure is not None:
+                    raise self._failure  # a commit failed (see _on_commit_done): the run stops here
                 chunk, stopping = await self._next_chunk(first_pending_at, stopping)
                 if chunk:
                     if self._live:
@@ -371,21 +478,35 @@ class ResultsStore:
                     if inflight is not None:
                         await inflight
                     inflight = asyncio.create_task(self._commit(batch))
+                    inflight.add_done_callback(self._on_commit_done)
                 if stopping and not pending and self.results_queue.empty() and not self._backlog():
                     break
             if inflight is not None:
                 await inflight
         except BaseException as exc:
             if inflight is not None and not inflight.done():
-                with contextlib.suppress(BaseException):
-                    await inflight
-            self._failure = exc
-            self.health.fatal = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, ComponentError):
-                self._log_error(exc, event_type="storage_failed" if exc.error_code in ("RST-001", "RST-003") else "error")
-            if not isinstance(exc, asyncio.CancelledError):
-                return
-            raise
+                # Let the commit in flight settle (its outcome is in the tables), so that nothing
+                # writes while the run is finalized.
+                await asyncio.wait([inflight])
+            if isinstance(exc, asyncio.CancelledError):
+                self._fail(ComponentError("RST-901", f"run {self.run_id}: the store's worker was cancelled"))
+                raise
+            self._fail(exc)
+
+    def _on_commit_done(self, commit: asyncio.Task[None]) -> None:
+        """A failed commit fails the run at once, not when the worker next looks at it: the engine
+        and health checks see it while the worker may still be waiting for snapshots."""
+        if not commit.cancelled() and (exc := commit.exception()) is not None:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException, action: str = "store the run's snapshots") -> ComponentError:
+        """Make ``exc`` (mapped onto its RST code) the run's failure, unless it already has one."""
+        if self._failure is None:
+            error = map_error(exc, action, self.root)
+            self._failure = error
+            self.health.fatal = str(error)
+            self._log_error(error, event_type="storage_failed" if error.error_code in _STORAGE_CODES else "error")
+        return self._failure
 
     async def _next_chunk(self, first_pending_at: float | None, stopping: bool) -> tuple[list[Queued], bool]:
         """Up to CHUNK_TIMESTEPS queued snapshots in FIFO order (waiting for at least one)."""
@@ -419,10 +540,11 @@ class ResultsStore:
 
     async def _commit(self, batch: PreparedBatch) -> None:
         assert self._batch_writer is not None
+        # A commit that fails (terminal at once, transient once its retries are spent) ends the run;
+        # live keeps the batch in the WAL for the next run.
         if self._durability is not None:
             outcome = await self._durability.commit(batch, self._batch_writer.commit)
         else:
-            # Backtest: a commit that fails through its retries ends the run (RST-001/RST-003).
             outcome = await asyncio.to_thread(self._batch_writer.commit, batch)
         for name, version in outcome.versions.items():
             self._versions[name] = version
@@ -455,11 +577,12 @@ class ResultsStore:
             self.event_log.flush()
 
     # ----------------------------------------------------------------------------- errors
-    def _on_retry(self, error: ComponentError, attempt: int, table: str) -> None:
+    def _on_failed_attempt(self, error: ComponentError, attempt: int, table: str) -> None:
+        """A transient failure of one table write (retried unless its attempts ran out)."""
         event = "write_timeout" if error.error_code == "RST-003" else "storage_failed"
         self.event_log.log_event(event, {**error.to_event(), "table": table, "attempt": attempt})
         self.health.record_error({**error.to_event(), "table": table})
-        self.event_log.log_event("error", {**error.to_event(), "table": table, "retrying": True})
+        self.event_log.log_event("error", {**error.to_event(), "table": table, "attempt": attempt})
 
     def _log_error(self, error: ComponentError, *, event_type: str = "error") -> None:
         # A full queue degrades health through the spilling flag, which clears once the backlog drains.

@@ -4,13 +4,17 @@ hears back, and stays there until every table has committed it.
 Segments are JSON Lines files ``seg-<first timestep>.wal`` under ``{root}/live/_wal/{run_id}/``.
 A new segment starts at every batch boundary, so a whole segment can be deleted once its last
 timestep is committed. A torn last line (a crash mid-append) was never acknowledged and is
-ignored on replay.
+ignored on replay. An append that fails (a full disk) truncates its partial line away before it
+raises, so the next append does not land behind a torn line that would hide it on replay.
+
+Not thread-safe: ``results_store.live.LiveDurability`` makes every call under one lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,16 +50,26 @@ class WriteAheadLog:
         self._resume: dict[Path, tuple[int, int]] = {}
 
     def append(self, timestep: int, timestamp_us: int, results: dict[str, Any]) -> None:
-        """Write one snapshot and fsync it; returns only once it is durable."""
+        """Write one snapshot and fsync it; returns only once it is durable. On failure nothing of
+        it stays in the log (the snapshot was not acknowledged) and the OS error is raised."""
         line = orjson.dumps({"t": timestep, "ts": timestamp_us, "r": results}, default=json_default,
                             option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
         if self._fd is None:
             self._current = self.directory / f"seg-{timestep:012d}.wal"
             self._fd = os.open(self._current, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             self._fsync_dir()
-        os.write(self._fd, line)
-        os.fsync(self._fd)
         assert self._current is not None
+        fd = self._fd
+        end = os.lseek(fd, 0, os.SEEK_END)  # where this line starts (O_APPEND writes at the end)
+        try:
+            view = memoryview(line)
+            while view:  # a full disk may take part of the line and refuse the rest
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):  # shrinking frees space, so it works on a full disk
+                os.ftruncate(fd, end)
+            raise
         self._last_step[self._current] = timestep
 
     def seal(self) -> None:
@@ -67,7 +81,7 @@ class WriteAheadLog:
     def segments(self) -> list[Path]:
         return sorted(self.directory.glob("seg-*.wal"))
 
-    def entries(self, after_timestep: int = -1) -> Iterator[WalEntry]:
+    def entries(self, after_timestep: int = -1) -> Generator[WalEntry, None, None]:
         """Every durable entry with timestep > ``after_timestep``, in log order."""
         for segment in self.segments():
             last = self._last_step.get(segment)

@@ -1,15 +1,19 @@
-"""Retries with backoff against an injected failing writer; health degrading and recovering."""
+"""Retries of transient failures injected below the production write path (the store's own
+``delta_tables.append_exactly_once`` calls); health degrading and recovering."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import stamina
 
-from results_store.batch_writer import delta_table_writer
+from results_store import delta_tables
 from results_store.drive import feed
 from results_store.events import event_log_path
 from results_store.reading import read_table
@@ -17,55 +21,44 @@ from results_store.store import ResultsStore
 from schemas.errors import ComponentError
 from schemas.settings import load_settings
 from tests.store.conftest import snapshots
+from tests.store.faults import FailingAppend, io_hiccup
 
 
-class FlakyWriter:
-    """The real Delta writer, failing the first ``failures`` calls for one table."""
-
-    def __init__(self, failures: int, table: str = "balance_sheet", exc: type[Exception] = OSError) -> None:
-        self.failures = failures
-        self.table = table
-        self.exc = exc
-        self.calls = 0
-
-    def __call__(self, path: Path, data: Any, **kwargs: Any) -> int | None:
-        if path.name == self.table and self.calls < self.failures:
-            self.calls += 1
-            raise ComponentError("RST-001", f"injected failure {self.calls}", original_exception=self.exc("disk"))
-        return delta_table_writer(path, data, **kwargs)
+@pytest.fixture(autouse=True)
+def _no_retry_waits() -> Iterator[None]:
+    # Retries keep their production number of attempts; only the waits between them go.
+    with stamina.set_testing(True, attempts=4, cap=True):
+        yield
 
 
-class SlowWriter:
-    """The real writer, sleeping past the timeout once."""
+class SlowAppend:
+    """The real append, sleeping past the write timeout once for one table."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, table: str = "risk_metrics") -> None:
         self.delay = delay
+        self.table = table
         self.slowed = False
+        self._real = delta_tables.append_exactly_once
 
     def __call__(self, path: Path, data: Any, **kwargs: Any) -> int | None:
-        if path.name == "risk_metrics" and not self.slowed:
+        if path.name == self.table and not self.slowed:
             self.slowed = True
-            import time
-
-            time.sleep(self.delay)
-        return delta_table_writer(path, data, **kwargs)
+            time.sleep(self.delay)  # the slow storage itself, not a wait for another thread
+        return self._real(path, data, **kwargs)
 
 
 def _events(data_dir: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in event_log_path(data_dir).read_text().splitlines()]
 
 
-async def test_transient_storage_failures_are_retried_with_backoff_and_logged(tmp_path, mn_mode):
-    writer = FlakyWriter(failures=2)
+async def test_transient_storage_failures_are_retried_and_logged(tmp_path, mn_mode, monkeypatch):
+    failing = FailingAppend(io_hiccup, tables={"balance_sheet"}, times=2)
+    monkeypatch.setattr(delta_tables, "append_exactly_once", failing)
     settings = load_settings(mn_mode, data_dir=tmp_path)
-    store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="retry", settings=settings,
-                         writer=writer, backoff_base_s=0.05)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="retry", settings=settings)
     async with store:
         await feed(store, snapshots(mn_mode, 30))
-    assert loop.time() - started >= 0.05 + 0.1  # two backoffs: 0.05 s then 0.1 s
-    assert writer.calls == 2
+    assert failing.failures == 2
     assert read_table(tmp_path, "backtest", "balance_sheet", run_id="retry").num_rows > 0
     failures = [e for e in _events(tmp_path) if e["event_type"] == "storage_failed"]
     assert [e["data"]["attempt"] for e in failures] == [1, 2]
@@ -73,10 +66,10 @@ async def test_transient_storage_failures_are_retried_with_backoff_and_logged(tm
     assert store.check_component_health()["error_count"] == 2
 
 
-async def test_backtest_fails_loudly_after_three_retries(tmp_path, mn_mode):
+async def test_backtest_fails_loudly_after_three_retries(tmp_path, mn_mode, monkeypatch):
+    monkeypatch.setattr(delta_tables, "append_exactly_once", FailingAppend(io_hiccup, tables={"balance_sheet"}))
     store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="dead",
-                         settings=load_settings(mn_mode, data_dir=tmp_path),
-                         writer=FlakyWriter(failures=99), backoff_base_s=0.01)
+                         settings=load_settings(mn_mode, data_dir=tmp_path))
     await store.start()
     await feed(store, snapshots(mn_mode, 10))
     with pytest.raises(ComponentError) as failed:
@@ -86,10 +79,10 @@ async def test_backtest_fails_loudly_after_three_retries(tmp_path, mn_mode):
     assert [e["event_type"] for e in _events(tmp_path)].count("storage_failed") >= 4
 
 
-async def test_a_write_slower_than_the_timeout_is_rst003_and_is_not_doubled(tmp_path, mn_mode):
+async def test_a_write_slower_than_the_timeout_is_rst003_and_is_not_doubled(tmp_path, mn_mode, monkeypatch):
+    monkeypatch.setattr(delta_tables, "append_exactly_once", SlowAppend(delay=0.6))
     settings = load_settings(mn_mode, data_dir=tmp_path, timeout=0.2)
-    store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="slow", settings=settings,
-                         writer=SlowWriter(delay=0.6), backoff_base_s=0.01)
+    store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="slow", settings=settings)
     async with store:
         await feed(store, snapshots(mn_mode, 20))
     assert any(e["event_type"] == "write_timeout" and e["data"]["error_code"] == "RST-003"
