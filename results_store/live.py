@@ -5,7 +5,10 @@
 * acknowledge: fsync the snapshot to the WAL, then let it through the queue, or, when the queue
   is full (or a backlog already exists, so FIFO order holds), keep it only in the WAL ("spill")
   and report health ``degraded`` until the backlog drains;
-* drain: read the spilled backlog back from the WAL in order, once the queue is empty;
+* drain: read the spilled backlog back from the WAL in order, once the queue is empty; a read
+  never goes past the last snapshot already counted as spilled, so a snapshot whose append has
+  landed but whose ``accept`` has not yet decided its way is never also read from the backlog
+  (it would then be committed twice);
 * commit: start a new WAL segment per batch, commit it (the batch writer retries transient
   failures), then delete fully committed segments. A commit that fails for good fails the run,
   and the batch stays in the WAL for the next run;
@@ -24,10 +27,11 @@ read) never stalls the engine's event loop. The spill counters are only touched 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
-from itertools import islice
+from itertools import islice, takewhile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,6 +75,7 @@ class LiveDurability:
         self._log_error = log_error
         self._spill_pending = 0  # acknowledged snapshots in the WAL but not in the queue
         self._spill_after = -1   # ... with timesteps greater than this
+        self._spill_last = -1    # ... and not greater than this (the last one counted as spilled)
         self._queued_last_step = -1  # the last timestep that went through the queue
 
     @property
@@ -90,6 +95,7 @@ class LiveDurability:
             return None
         self._spill_pending = len(replay)
         self._spill_after = watermark
+        self._spill_last = replay[-1].timestep
         return replay[-1]
 
     def _entries_after(self, timestep: int) -> list[WalEntry]:
@@ -105,6 +111,7 @@ class LiveDurability:
             if not self._spill_pending:
                 self._start_spilling(item[0])
             self._spill_pending += 1
+            self._spill_last = item[0]
             return False
         # No await between here and the caller's put_nowait, so the room seen above is still there.
         self._queued_last_step = item[0]
@@ -118,8 +125,9 @@ class LiveDurability:
                 return
 
     def _start_spilling(self, timestep: int) -> None:
-        # Everything after the last queued timestep is now read back from the WAL, in order.
-        self._spill_after = self._queued_last_step
+        # Everything after what the worker has already had (queued, or read from an earlier
+        # backlog) is now read back from the WAL, in order.
+        self._spill_after = max(self._spill_after, self._queued_last_step)
         error = ComponentError(
             "RST-002", f"queue full at {self._queue.maxsize} timesteps; timestep {timestep} "
             "and later go to the write-ahead log until the queue drains",
@@ -131,22 +139,27 @@ class LiveDurability:
     # ----------------------------------------------------------------------------- drain
     async def read_backlog(self, limit: int) -> list[Queued]:
         """Up to ``limit`` backlog snapshots, in timestep order, read back from the WAL."""
-        chunk = await asyncio.to_thread(self._read_after, self._spill_after, limit)
-        if chunk:
-            self._spill_after = chunk[-1][0]
-            self._spill_pending = max(0, self._spill_pending - len(chunk))
-        else:
-            self._spill_pending = 0
+        after, through, pending = self._spill_after, self._spill_last, self._spill_pending
+        chunk = await asyncio.to_thread(self._read_between, after, through, limit)
+        if not chunk or len(chunk) > pending:
+            # Acknowledged snapshots the WAL no longer holds, or more than were spilled: never guess.
+            raise ComponentError(
+                "RST-005", f"the write-ahead log in {self.directory} holds {len(chunk)} snapshots after timestep "
+                f"{after} up to {through}, but {pending} were acknowledged there",
+                details={"after": after, "through": through, "pending": pending, "found": len(chunk)})
+        self._spill_after = chunk[-1][0]
+        self._spill_pending -= len(chunk)
         if not self._spill_pending:
             self._health.spilling = False
         return chunk
 
-    def _read_after(self, timestep: int, limit: int) -> list[Queued]:
+    def _read_between(self, after: int, through: int, limit: int) -> list[Queued]:
         # Only the WAL read holds the lock; building the queue tuples does not need it.
-        with self._wal_lock, storage_errors("read the write-ahead log", self.directory):
-            entries = list(islice(self._wal.entries(timestep), limit))
+        with self._wal_lock, storage_errors("read the write-ahead log", self.directory), \
+                contextlib.closing(self._wal.entries(after)) as entries:
+            counted = list(islice(takewhile(lambda e: e.timestep <= through, entries), limit))
         return [(e.timestep, e.timestamp_us, pd.Timestamp(e.timestamp_us, unit="us", tz="UTC"), e.results,
-                 time.monotonic()) for e in entries]
+                 time.monotonic()) for e in counted]
 
     # ----------------------------------------------------------------------------- commit
     async def commit(self, batch: PreparedBatch, write: Callable[[PreparedBatch], CommitOutcome]) -> CommitOutcome:
