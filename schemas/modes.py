@@ -24,6 +24,9 @@ from schemas.result_types import ALWAYS_STORED, ResultType
 
 __all__ = [
     "MODE_NAMES",
+    "AuditConfig",
+    "AuditTolerances",
+    "DriftConfig",
     "ModeConfig",
     "ModeName",
     "ResultsStoreConfig",
@@ -68,6 +71,57 @@ class StorageConfig(_Strict):
     compression: Compression = Field("zstd", description="Parquet codec of the data files")
 
 
+class AuditTolerances(_Strict):
+    """How far stored figures may disagree before the audit reports a failure.
+
+    Money tolerances are fractions of the mode's initial capital, so one default fits the USDT and
+    the ETH share class (1e-8 of capital is 0.01 USD on a 1M USDT book, 5e-6 ETH on 500 ETH). The
+    engine's own figures agree to ~1e-10 of capital; the defaults leave two orders of magnitude for
+    another engine's rounding and still catch a component off by 0.0001%.
+    """
+
+    pnl_step: float = Field(1e-8, ge=0, description="per timestep: |change of the attribution sum - change of the "
+                            "balance-based PnL|, as a fraction of initial capital")
+    pnl_cumulative: float = Field(1e-6, ge=0, description="|sum of attribution - balance-based PnL|, as a fraction of "
+                                  "initial capital (the reference engine's own reconciliation tolerance)")
+    funding: float = Field(1e-8, ge=0, description="funding_tracking against the funding_pnl attribution and the "
+                           "funding events, as a fraction of initial capital")
+    delta_units: float = Field(1e-6, ge=0, description="net delta against the balance sheet, in units of the asset")
+    delta_usd: float = Field(1e-8, ge=0, description="exposure_usd against net delta x price, as a fraction of "
+                             "initial capital")
+    price: float = Field(1e-6, ge=0, description="relative: the price implied by the exposures against the prices "
+                         "of the execution log's trades and funding payments at the same timestep")
+    position: float = Field(1e-9, ge=0, description="a trade's resulting position_size against the balance sheet's "
+                            "perp amount, in units of the asset")
+
+
+class DriftConfig(_Strict):
+    """Backtest against live: when the distributions of a key metric differ enough to flag."""
+
+    ks_threshold: float = Field(0.5, gt=0, le=1, description="two-sample Kolmogorov-Smirnov statistic above which "
+                                "a metric is flagged (0: same distribution, 1: disjoint)")
+    min_samples: int = Field(30, gt=0, description="fewer values than this on either side: not compared")
+    max_samples: int = Field(20_000, gt=0, description="values kept per run and metric (evenly spaced in time)")
+
+
+class AuditConfig(_Strict):
+    """``component_config.results_store.audit``: the audit's tolerances and rules for this mode.
+
+    Every field has a default, so a mode file without the section is valid. Not part of the run's
+    identity (``config_hash``): changing a tolerance changes how runs are judged, not what they are.
+    """
+
+    tolerances: AuditTolerances = Field(default_factory=AuditTolerances)
+    ltv_alert_threshold: Literal["max_ltv", "liquidation_threshold"] = Field(
+        "max_ltv", description="the LTV at or above which a risk alert must exist")
+    trade_event_types: list[str] = Field(default_factory=lambda: ["TRADE_EXECUTED"],
+                                         description="execution_log event types that must move a balance")
+    check_timestamp_spacing: bool = Field(True, description="timestamps must be exactly one frequency apart "
+                                          "(off for a live feed that stamps snapshots with jitter)")
+    quarantine_fails: bool = Field(False, description="quarantined rows fail the audit instead of a warning")
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+
+
 class ResultsStoreConfig(_Strict):
     """``component_config.results_store`` of a mode file."""
 
@@ -79,6 +133,7 @@ class ResultsStoreConfig(_Strict):
     funding_tracking_venues: list[str] = Field(default_factory=list)
     dust_tracking_tokens: list[str] = Field(default_factory=list)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> ResultsStoreConfig:
@@ -148,8 +203,16 @@ class ModeConfig(_Strict):
 
 
 def config_hash(config: ModeConfig) -> str:
-    """A stable sha256 of the config's content, independent of key order."""
-    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """A stable sha256 of the config's content, independent of key order.
+
+    The audit section is left out: it says how stored runs are judged, not what a run stores, so
+    tightening a tolerance must neither make a resumed run "another config" (RST-301) nor change
+    the hash of the runs recorded before the section existed.
+    """
+    content = config.model_dump(mode="json")
+    for section in content["component_config"].values():
+        section.pop("audit", None)
+    blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -120,3 +120,32 @@ RAW_SNAPSHOTS_SCHEMA: pa.Schema = model_arrow_schema(RawSnapshotRow)
 QUARANTINE_SCHEMA: pa.Schema = model_arrow_schema(QuarantineRow)
 RUNS_SCHEMA: pa.Schema = model_arrow_schema(RunRecord)
 INBOX_LEDGER_SCHEMA: pa.Schema = model_arrow_schema(InboxLedgerEntry)
+
+
+# The audit's history: one row per (audit, run, check). Small and append-only, so it is neither
+# partitioned nor keyed by app transactions; `results-store audits` and the nightly run selection read it.
+AUDITS = "audits"
+AUDIT_STATUSES = ("pass", "warn", "fail", "skip")
+# raw_snapshots' key, declared with its model like the result tables' TABLE_KEYS (schemas.tables).
+RAW_SNAPSHOTS_KEY: tuple[str, ...] = ("run_id", "timestep")
+
+
+class AuditRecord(_Strict):
+    """The outcome of one check of one run in one audit."""
+
+    audit_id: Series[str] = pdr.Field(description="one audit invocation (all its runs and checks share it)")
+    run_id: Series[str]
+    execution_mode: Series[str]
+    mode: Series[str]
+    check: Series[str] = pdr.Field(description="e.g. reconciliation.pnl, completeness.gaps, integrity")
+    status: Series[str] = pdr.Field(isin=list(AUDIT_STATUSES))
+    findings: Series[np.int64] = pdr.Field(ge=0, description="findings of this check (warnings and failures)")
+    rows_checked: Series[np.int64] = pdr.Field(ge=0, description="rows (or timesteps) the check looked at")
+    first_timestep: Series[np.int64] = pdr.Field(nullable=True, description="first timestep of its findings")
+    last_timestep: Series[np.int64] = pdr.Field(nullable=True, description="last timestep of its findings")
+    detail: Series[str] = pdr.Field(description="the first finding, or why the check was skipped")
+    audited_at: Series[UtcMicros]
+    code_version: Series[str]
+
+
+AUDITS_SCHEMA: pa.Schema = model_arrow_schema(AuditRecord)

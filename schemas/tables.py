@@ -27,6 +27,8 @@ __all__ = [
     "ACCOUNT_TYPES",
     "PNL_COMPONENTS",
     "RISK_GROUPS",
+    "SPARSE_TABLES",
+    "TABLE_KEYS",
     "TABLE_MODELS",
     "BalanceSheet",
     "DeltaTracking",
@@ -39,6 +41,7 @@ __all__ = [
     "RiskMetrics",
     "arrow_schema",
     "column_docs",
+    "key_columns",
     "mode_schema",
     "model_arrow_schema",
 ]
@@ -210,6 +213,31 @@ TABLE_MODELS: dict[ResultType, type[ResultRow]] = {
     ResultType.FUNDING_TRACKING: FundingTracking,
     ResultType.DUST_TRACKING: DustTracking,
 }
+
+
+# The key of each table: no two rows of a table may share these values. Declared here, beside the
+# models, so the audit's uniqueness check and any reader that joins tables use the same definition.
+# balance_sheet needs account_type: a basis venue holds spot BTC (cex) and a BTC perp, both with
+# asset "BTC"; and instrument, not asset, tells two perps on the same base apart.
+TABLE_KEYS: dict[ResultType, tuple[str, ...]] = {
+    ResultType.BALANCE_SHEET: ("run_id", "timestep", "venue", "account_type", "instrument"),
+    ResultType.PNL_ATTRIBUTION: ("run_id", "timestep", "component", "metric"),
+    ResultType.RISK_METRICS: ("run_id", "timestep", "risk_group", "metric"),
+    ResultType.EXECUTION_LOG: ("run_id", "timestep", "event_order"),
+    ResultType.DELTA_TRACKING: ("run_id", "timestep", "asset"),
+    ResultType.LEVERAGE_TRACKING: ("run_id", "timestep"),
+    ResultType.FUNDING_TRACKING: ("run_id", "timestep", "venue"),
+    ResultType.DUST_TRACKING: ("run_id", "timestep", "token"),
+}
+
+# Tables with rows only at the timesteps where something happened (events); every other table has
+# rows at every stored timestep.
+SPARSE_TABLES: frozenset[ResultType] = frozenset({ResultType.EXECUTION_LOG})
+
+
+def key_columns(result_type: ResultType | str) -> tuple[str, ...]:
+    """The columns that identify one row of a result table (see ``TABLE_KEYS``)."""
+    return TABLE_KEYS[ResultType(result_type)]
 
 
 def _arrow_type(dtype: Any) -> pa.DataType:
