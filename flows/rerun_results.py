@@ -5,6 +5,11 @@ Meant for the Prefect UI: the deployment's Run button shows these parameters as 
 run's own partitions in new table versions; the previous versions stay readable by time travel
 and the runs registry records the versions before and after. The same rerun twice gives the same
 tables.
+
+What is refused, at once and terminally (the rules are in :mod:`results_store.rerun`): a run another
+process is writing, or one that is not finished (RST-301: resume it first); in place, a live run
+whose day is not over (RST-301: rerun it as a new run meanwhile); a run whose raw snapshots no
+longer match their sha256 (RST-005: nothing is written).
 """
 
 from __future__ import annotations

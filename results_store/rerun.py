@@ -4,6 +4,31 @@ Under a new run_id the snapshots are replayed through a fresh ``ResultsStore`` (
 ``parent_run_id`` is the source). In place, each result table's partition for the run is
 replaced in one commit (overwrite by predicate), so the previous version stays readable by time
 travel; the runs registry records the table versions before and after. Both are idempotent.
+
+What a rerun guarantees (nothing lost, nothing mixed, nothing damaged spread):
+
+- **One writer per run.** An in-place rerun holds the run's lock (the one ``ResultsStore`` holds:
+  :func:`results_store.runs.run_lock_path`) from its first read to its registry record; a rerun
+  into a new run is written by a ``ResultsStore``, which holds the new run's lock. A lock held by
+  another writer is not waited for: the rerun is refused at once (RST-301, "is being written"),
+  since a rerun queued behind a writer would re-derive something other than what was asked for.
+- **Only finished runs.** A backtest or ingest whose latest status is not ``finished`` (still
+  writing, interrupted: ``running`` with its lock free, or ``failed``) is refused in place and as a
+  new run (RST-301): its raw snapshots are only the part it stored, and the rerun would record that
+  part as the whole run. Resume it first (the same command, the same ``--run-id``). The source of a
+  rerun into a new run is locked while its status is checked and its snapshots are read.
+- **Live days.** A live run is appended to by every collection and is ``finished`` between them.
+  It is rerun in place only once its day is over: the UTC day of its newest stored snapshot ended
+  at least ``LIVE_DAY_GRACE`` ago (room for a late or retried last collection), and no collection
+  holds its lock. Earlier, an in-place rerun is refused (RST-301): it would fix a partial day as the
+  run's result, and with other parameters it would make every later collection of the day fail
+  the config check. A live run can always be rerun **as a new run**: a copy of the snapshots stored
+  so far, read from one table version without blocking the collections, whose registry record names
+  the timesteps it covers.
+- **Contract rejections stay.** Snapshots that broke the contract (RST-101) never reach
+  ``raw_snapshots``, so no rerun can re-derive them: an in-place rerun carries the run's
+  ``snapshot`` quarantine rows into the new quarantine partition. Rule violations (RST-102) are
+  re-derived with the rerun's rules.
 """
 
 from __future__ import annotations
@@ -12,35 +37,55 @@ import asyncio
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from results_store import delta_tables
 from results_store.batch_writer import BatchWriter
 from results_store.markdown import markdown_table
-from results_store.runs import append_run_record, latest_run
+from results_store.run_lock import RunLock
+from results_store.runs import append_run_record, latest_run, run_lock_path
 from results_store.store import ResultsStore
 from results_store.summary import RunSummary
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig, config_hash
 from schemas.result_types import ResultType
-from schemas.settings import load_settings
+from schemas.settings import StoreSettings, load_settings
 from schemas.store_tables import QUARANTINE, QUARANTINE_SCHEMA, RAW_SNAPSHOTS
 from schemas.tables import arrow_schema
 
-__all__ = ["OVERRIDABLE", "apply_overrides", "iter_raw_snapshots", "lineage_report", "rederive_run", "rederive_run_async"]
+__all__ = [
+    "LIVE_DAY_GRACE",
+    "OVERRIDABLE",
+    "RawSnapshots",
+    "apply_overrides",
+    "iter_raw_snapshots",
+    "lineage_report",
+    "read_raw_snapshots",
+    "rederive_run",
+    "rederive_run_async",
+]
 
 OVERRIDABLE = (
     "result_types", "balance_sheet_assets", "pnl_attribution_types", "delta_tracking_assets",
     "funding_tracking_venues", "dust_tracking_tokens", "leverage_tracking",
 )
 RERUN_CHUNK = 5_000
+# After midnight UTC a live day may still get its last snapshots from a collection that runs late
+# or is retried; a quarter of an hour covers the every-minute schedule with a wide margin.
+LIVE_DAY_GRACE = timedelta(minutes=15)
+# The quarantine rows of snapshots that broke the contract: their timesteps are not in raw_snapshots.
+CONTRACT_REJECTION = "snapshot"
 
 
 def apply_overrides(config: ModeConfig, overrides: dict[str, Any] | None) -> ModeConfig:
@@ -61,16 +106,51 @@ def apply_overrides(config: ModeConfig, overrides: dict[str, Any] | None) -> Mod
                              original_exception=exc) from None
 
 
-def iter_raw_snapshots(root: Path, execution_mode: str, run_id: str) -> Iterator[tuple[int, pd.Timestamp, dict[str, Any]]]:
-    """The run's accepted snapshots in timestep order, read in batches."""
+@dataclass(frozen=True)
+class RawSnapshots:
+    """One run's accepted snapshots from one version of ``raw_snapshots``, in timestep order."""
+
+    run_id: str
+    table: pa.Table  # timestep, timestamp, payload; sorted by timestep
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
+
+    @property
+    def first_timestep(self) -> int:
+        return int(self.table["timestep"][0].as_py())
+
+    @property
+    def last_timestep(self) -> int:
+        return int(self.table["timestep"][-1].as_py())
+
+    @property
+    def last_timestamp(self) -> pd.Timestamp:
+        return pd.Timestamp(self.table["timestamp"][-1].as_py())
+
+    def __iter__(self) -> Iterator[tuple[int, pd.Timestamp, dict[str, Any]]]:
+        """``(timestep, timestamp, results)`` per snapshot, decoded a batch at a time."""
+        for batch in self.table.to_batches(max_chunksize=RERUN_CHUNK):
+            steps = batch.column("timestep").to_pylist()
+            stamps = batch.column("timestamp").to_pylist()
+            for step, stamp, payload in zip(steps, stamps, batch.column("payload").to_pylist(), strict=True):
+                yield step, pd.Timestamp(stamp), orjson.loads(payload)
+
+
+def read_raw_snapshots(root: Path, execution_mode: str, run_id: str) -> RawSnapshots:
+    """The run's raw snapshots (RST-302 if it has none)."""
     path = delta_tables.table_path(root, execution_mode, RAW_SNAPSHOTS)
     table = delta_tables.read(path, run_id=run_id, columns=["timestep", "timestamp", "payload"])
     table = table.sort_by("timestep")
-    for batch in table.to_batches(max_chunksize=RERUN_CHUNK):
-        steps = batch.column("timestep").to_pylist()
-        stamps = batch.column("timestamp").to_pylist()
-        for step, stamp, payload in zip(steps, stamps, batch.column("payload").to_pylist(), strict=True):
-            yield step, pd.Timestamp(stamp), orjson.loads(payload)
+    if table.num_rows == 0:
+        raise ComponentError("RST-302", f"run {run_id!r} has no raw snapshots to re-derive from")
+    return RawSnapshots(run_id, table)
+
+
+def iter_raw_snapshots(root: Path, execution_mode: str, run_id: str) -> Iterator[tuple[int, pd.Timestamp, dict[str, Any]]]:
+    """The run's accepted snapshots in timestep order (see :func:`read_raw_snapshots`)."""
+    return iter(read_raw_snapshots(root, execution_mode, run_id))
+
 
 
 def rederive_run(
@@ -82,11 +162,11 @@ def rederive_run(
     new_run_id: str | None = None,
     strict: bool = False,
 ) -> RunSummary:
-    """Re-derive ``run_id``'s result tables from its raw snapshots; see the module docstring."""
-    root, record, config, settings = _prepare(data_dir, execution_mode, run_id, overrides, strict)
+    """Re-derive ``run_id``'s result tables from its raw snapshots; see the module docstring for the rules."""
     if new_run_id:
-        return asyncio.run(_replay_as_new_run(config, settings, execution_mode, run_id, new_run_id, root))
-    return _rederive_in_place(config, settings, execution_mode, run_id, record, root)
+        return asyncio.run(rederive_run_async(data_dir=data_dir, execution_mode=execution_mode, run_id=run_id,
+                                              overrides=overrides, new_run_id=new_run_id, strict=strict))
+    return _rerun_in_place(data_dir, execution_mode, run_id, overrides, strict)
 
 
 async def rederive_run_async(
@@ -100,78 +180,200 @@ async def rederive_run_async(
 ) -> RunSummary:
     """:func:`rederive_run` for callers already inside an event loop (async flows)."""
     if not new_run_id:
-        return await asyncio.to_thread(rederive_run, data_dir=data_dir, execution_mode=execution_mode,
-                                       run_id=run_id, overrides=overrides, strict=strict)
-    root, _, config, settings = _prepare(data_dir, execution_mode, run_id, overrides, strict)
-    return await _replay_as_new_run(config, settings, execution_mode, run_id, new_run_id, root)
+        return await asyncio.to_thread(_rerun_in_place, data_dir, execution_mode, run_id, overrides, strict)
+    if new_run_id == run_id:
+        raise ComponentError("RST-201", f"new_run_id {new_run_id!r} is the run being re-derived; leave it out to "
+                             "rerun in place, or name another run")
+    return await _rerun_as_new_run(data_dir, execution_mode, run_id, new_run_id, overrides, strict)
 
 
-def _prepare(data_dir: Path, execution_mode: str, run_id: str, overrides: dict[str, Any] | None,
-             strict: bool) -> tuple[Path, dict[str, Any], ModeConfig, Any]:
-    """The source run's record, its config with the overrides applied, and the settings to use."""
-    root = load_settings(data_dir=data_dir).root
+# ----------------------------------------------------------------------------- what may be rerun
+def _source_record(root: Path, execution_mode: str, run_id: str) -> dict[str, Any]:
     record = latest_run(root, execution_mode, run_id)
     if record is None:
         raise ComponentError("RST-302", f"no run {run_id!r} in the {execution_mode} runs registry under {root}")
+    return record
+
+
+def _configure(record: dict[str, Any], overrides: dict[str, Any] | None, data_dir: Path,
+               strict: bool) -> tuple[ModeConfig, StoreSettings]:
+    """The source run's config with the overrides applied, and the settings to re-derive with."""
     config = apply_overrides(ModeConfig.model_validate(orjson.loads(record["config_json"])), overrides)
     settings = load_settings(config, data_dir=data_dir, strict=strict or bool((overrides or {}).get("strict")))
-    return root, record, config, settings
+    return config, settings
 
 
-async def _replay_as_new_run(config: ModeConfig, settings: Any, execution_mode: str, run_id: str,
-                             new_run_id: str, root: Path) -> RunSummary:
+@contextmanager
+def _writing(root: Path, execution_mode: str, run_id: str, consequence: str) -> Iterator[None]:
+    """Hold ``run_id``'s lock, or refuse at once (RST-301) if another writer holds it."""
+    lock = RunLock(run_lock_path(root, execution_mode, run_id), timeout_s=0)
+    try:
+        lock.acquire()
+    except ComponentError as busy:
+        raise ComponentError(
+            "RST-301", f"run {run_id!r} is being written (another writer holds {lock.path}): {consequence}",
+            details={"run_id": run_id, "lock": str(lock.path)}, original_exception=busy) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _require_finished(record: dict[str, Any], run_id: str) -> None:
+    status = record["status"]
+    if status == "finished":
+        return
+    why = "interrupted: no process is writing it" if status == "running" else "it stopped on an error"
+    raise ComponentError(
+        "RST-301",
+        f"run {run_id!r} is not finished (status {status}, {why}); its raw snapshots hold only what it stored "
+        f"before, and a rerun would record that part as the whole run. First resume it with the same command "
+        f"and --run-id {run_id}; rerun it once it has finished",
+        details={"run_id": run_id, "status": status},
+    )
+
+
+def _day_closes(raw: RawSnapshots) -> pd.Timestamp:
+    """When a live run's day is over for an in-place rerun: the midnight after its newest snapshot, plus grace."""
+    return raw.last_timestamp.floor("1D") + pd.Timedelta(days=1) + LIVE_DAY_GRACE
+
+
+def _require_day_over(run_id: str, raw: RawSnapshots) -> None:
+    closes = _day_closes(raw)
+    if pd.Timestamp(datetime.now(UTC)) >= closes:
+        return
+    raise ComponentError(
+        "RST-301",
+        f"live run {run_id!r}: its day is not over (newest snapshot {raw.last_timestamp.isoformat()}); a live run is "
+        f"appended to until then, and an in-place rerun would fix a partial day as its result. Rerun it in place "
+        f"from {closes.isoformat()}, or now as a new run (--new-run-id NEW): a copy of the {len(raw):,} "
+        "timesteps stored so far",
+        details={"run_id": run_id, "closes_at": closes.isoformat(), "timesteps_so_far": len(raw)},
+    )
+
+
+# ----------------------------------------------------------------------------- as a new run
+async def _rerun_as_new_run(data_dir: Path, execution_mode: str, run_id: str, new_run_id: str,
+                            overrides: dict[str, Any] | None, strict: bool) -> RunSummary:
+    root = load_settings(data_dir=data_dir).root
+    record = await asyncio.to_thread(_source_record, root, execution_mode, run_id)
+    live = execution_mode == "live"
+    if live:
+        # A live day's snapshots so far, from one table version: a consistent copy, and the
+        # every-minute collections are not held up by it.
+        raw = await asyncio.to_thread(read_raw_snapshots, root, execution_mode, run_id)
+    else:
+        record, raw = await asyncio.to_thread(_read_finished_source, root, execution_mode, run_id)
+    config, settings = _configure(record, overrides, data_dir, strict)
+    # The store holds the new run's lock for the whole replay but would wait up to its timeout for
+    # another writer first; refuse at once instead, as in place.
+    await asyncio.to_thread(_check_not_written, root, execution_mode, new_run_id)
     store = ResultsStore(config, execution_mode, data_dir=settings.data_dir, run_id=new_run_id,
-                         settings=settings, parent_run_id=run_id,
-                         commit_metadata={"rerun_of": run_id})
+                         settings=settings, parent_run_id=run_id, commit_metadata={"rerun_of": run_id},
+                         # Its identity: the same new run id from another source would mix two runs.
+                         run_inputs={"rerun_of": run_id})
     async with store:
-        for step, stamp, results in iter_raw_snapshots(root, execution_mode, run_id):
+        for step, stamp, results in raw:
             results.setdefault("timestep", step)
             await store.store_timestep_results(stamp, results)
-    assert store.summary is not None
-    return store.summary
+    summary = store.summary
+    assert summary is not None  # set by a clean exit of the store's context
+    open_day = live and pd.Timestamp(datetime.now(UTC)) < _day_closes(raw)
+    # Short (listings show it in a column); the parent column names the source run.
+    note = f"rerun: timesteps {raw.first_timestep}..{raw.last_timestep}" + (", live day still open" if open_day else "")
+    # The store's own records say "started"/"finished"; this one says what the copy covers.
+    new_record = await asyncio.to_thread(_source_record, root, execution_mode, new_run_id)
+    await asyncio.to_thread(
+        append_run_record, root, execution_mode, run_id=new_run_id, mode=config.mode, status=summary.status,
+        config_json=config.redacted(), config_hash=config_hash(config),
+        started_at=pd.Timestamp(new_record["started_at"]).to_pydatetime(), finished_at=datetime.now(UTC),
+        parent_run_id=run_id, row_counts=summary.rows, table_versions=summary.table_versions, note=note)
+    return summary
 
 
-def _rederive_in_place(config: ModeConfig, settings: Any, execution_mode: str, run_id: str,
-                       record: dict[str, Any], root: Path) -> RunSummary:
+def _read_finished_source(root: Path, execution_mode: str, run_id: str) -> tuple[dict[str, Any], RawSnapshots]:
+    """A finished backtest's record and snapshots, read under its lock so that nothing writes it meanwhile."""
+    with _writing(root, execution_mode, run_id, "a new run now would copy only the timesteps stored so far; "
+                  "rerun it once it has finished"):
+        record = _source_record(root, execution_mode, run_id)
+        _require_finished(record, run_id)
+        return record, read_raw_snapshots(root, execution_mode, run_id)
+
+
+def _check_not_written(root: Path, execution_mode: str, run_id: str) -> None:
+    with _writing(root, execution_mode, run_id, "a rerun into it would mix two writers' snapshots; "
+                  "choose another new run id, or wait until it has finished"):
+        pass
+
+
+# ----------------------------------------------------------------------------- in place
+def _rerun_in_place(data_dir: Path, execution_mode: str, run_id: str, overrides: dict[str, Any] | None,
+                    strict: bool) -> RunSummary:
+    root = load_settings(data_dir=data_dir).root
+    _source_record(root, execution_mode, run_id)  # an unknown run is refused before any lock file is made
+    with _writing(root, execution_mode, run_id, "an in-place rerun now would replace it with only the timesteps "
+                  "stored so far; rerun it once it has finished"):
+        record = _source_record(root, execution_mode, run_id)  # its state now that nobody else writes it
+        _require_finished(record, run_id)
+        config, settings = _configure(record, overrides, data_dir, strict)
+        raw = read_raw_snapshots(root, execution_mode, run_id)
+        if execution_mode == "live":
+            _require_day_over(run_id, raw)
+        return _rederive_in_place(config, settings, execution_mode, run_id, record, root, raw)
+
+
+def _contract_rejections(path: Path, run_id: str) -> pa.Table:
+    """The run's quarantine rows of snapshots that broke the contract: a rerun cannot re-derive them."""
+    if not delta_tables.table_exists(path):
+        return QUARANTINE_SCHEMA.empty_table()
+    rows = delta_tables.read(path, run_id=run_id, filter=pc.field("result_type") == CONTRACT_REJECTION)
+    return rows.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
+
+
+def _rederive_in_place(config: ModeConfig, settings: StoreSettings, execution_mode: str, run_id: str,
+                       record: dict[str, Any], root: Path, raw: RawSnapshots) -> RunSummary:
     started = time.perf_counter()
     names = [t.value for t in config.results_store.result_types] + [QUARANTINE]
     all_result_tables = [t.value for t in ResultType]
     paths = {n: delta_tables.table_path(root, execution_mode, n) for n in [*all_result_tables, QUARANTINE]}
     before = {n: delta_tables.version(p) for n, p in paths.items() if delta_tables.table_exists(p)}
+    kept = _contract_rejections(paths[QUARANTINE], run_id)
+    # The run's tables were committed up to its last timestep, which may be a rejected snapshot after
+    # the last raw one; keep that watermark so a later resume does not feed (and reject) it again.
+    committed = delta_tables.committed_txn_version(delta_tables.table_path(root, execution_mode, RAW_SNAPSHOTS), run_id)
+    last_step = max(raw.last_timestep, committed if committed is not None else -1)
     writer = BatchWriter(mode=config, settings=settings, run_id=run_id,
                          table_paths={n: paths[n] for n in names})
-    received = quarantined = 0
-    last_step = -1
+    quarantined = kept.num_rows
     with tempfile.TemporaryDirectory(prefix="rerun-") as tmp:
         spool = Path(tmp)
         writers: dict[str, pq.ParquetWriter] = {}
         chunk: list[Any] = []
+
+        def spool_table(name: str, table: pa.Table) -> None:
+            if name not in writers:
+                (spool / name).mkdir()
+                writers[name] = pq.ParquetWriter(spool / name / "part.parquet", table.schema)
+            writers[name].write_table(table)
 
         def flush() -> None:
             nonlocal quarantined
             prepared = writer.prepare(chunk)
             quarantined += prepared.quarantined
             for name in names:
-                table = prepared.tables[name]
-                if name not in writers:
-                    (spool / name).mkdir()
-                    writers[name] = pq.ParquetWriter(spool / name / "part.parquet", table.schema)
-                writers[name].write_table(table)
+                spool_table(name, prepared.tables[name])
             chunk.clear()
 
-        for step, stamp, results in iter_raw_snapshots(root, execution_mode, run_id):
+        for step, stamp, results in raw:
             chunk.append((step, stamp.value // 1000, stamp, results, 0.0))
-            received += 1
-            last_step = step
             if len(chunk) >= RERUN_CHUNK:
                 flush()
         if chunk:
             flush()
+        spool_table(QUARANTINE, kept)  # the overwrite below replaces the whole quarantine partition
         for w in writers.values():
             w.close()
         writer.close()
-        if received == 0:
-            raise ComponentError("RST-302", f"run {run_id!r} has no raw snapshots to re-derive from")
         meta = {"run_id": run_id, "rerun": "in_place", "config_hash": config_hash(config)}
         after: dict[str, int] = {}
         for name in names:
@@ -192,13 +394,14 @@ def _rederive_in_place(config: ModeConfig, settings: Any, execution_mode: str, r
         started_at=pd.Timestamp(record["started_at"]).to_pydatetime(), finished_at=datetime.now(UTC),
         parent_run_id=record.get("parent_run_id") or None, row_counts=rows,
         table_versions={"before": before, "after": after},
-        note=f"rerun in place: result_types={[t.value for t in config.results_store.result_types]}",
+        note=f"rerun in place: result_types={[t.value for t in config.results_store.result_types]}; "
+             f"{len(raw):,} timesteps re-derived, {kept.num_rows:,} contract rejections (RST-101) kept",
     )
     elapsed = time.perf_counter() - started
     return RunSummary(
-        run_id=run_id, mode=config.mode, execution_mode=execution_mode, timesteps_received=received,
-        timesteps_written=received, rows=rows, commits=dict.fromkeys(after, 1), quarantined=quarantined,
-        elapsed_s=elapsed, throughput=received / elapsed if elapsed else 0.0,
+        run_id=run_id, mode=config.mode, execution_mode=execution_mode, timesteps_received=len(raw),
+        timesteps_written=len(raw), rows=rows, commits=dict.fromkeys(after, 1), quarantined=quarantined,
+        elapsed_s=elapsed, throughput=len(raw) / elapsed if elapsed else 0.0,
         table_paths={n: str(paths[n]) for n in names}, table_versions=after,
         parent_run_id=record.get("parent_run_id") or None,
     )

@@ -36,6 +36,7 @@ __all__ = [
     "input_differences",
     "latest_run",
     "read_runs",
+    "run_lock_path",
     "runs_path",
 ]
 
@@ -44,6 +45,11 @@ REGISTRY_FILES_BEFORE_COMPACTION = 32
 
 def runs_path(root: Path, execution_mode: str) -> Path:
     return delta_tables.table_path(root, execution_mode, RUNS)
+
+
+def run_lock_path(root: Path, execution_mode: str, run_id: str) -> Path:
+    """The OS lock every writer of the run holds while it writes (``ResultsStore`` and reruns alike)."""
+    return Path(root) / execution_mode / "_locks" / f"{run_id}.lock"
 
 
 @functools.cache

@@ -1,4 +1,9 @@
-"""The rerun task: re-derive a run's result tables from its raw snapshots."""
+"""The rerun task: re-derive a run's result tables from its raw snapshots.
+
+No retries: what a rerun refuses (a run being written or not finished, a live day not over, a
+damaged raw snapshot) is refused the same way a second later, and the rerun writes nothing before it
+has checked all of it.
+"""
 
 from __future__ import annotations
 
