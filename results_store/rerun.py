@@ -29,11 +29,17 @@ What a rerun guarantees (nothing lost, nothing mixed, nothing damaged spread):
   ``raw_snapshots``, so no rerun can re-derive them: an in-place rerun carries the run's
   ``snapshot`` quarantine rows into the new quarantine partition. Rule violations (RST-102) are
   re-derived with the rerun's rules.
+- **Damaged snapshots are refused.** Before anything is written, every payload's sha256 is checked
+  against the ``payload_sha256`` stored with it. One mismatch refuses the whole rerun with RST-005
+  (terminal) naming the run and the timesteps; nothing is written. Refused rather than quarantined,
+  because a rerun that dropped a damaged timestep would still present itself as the whole run;
+  ``results-store checksum verify`` lists the damage, and a backup restores it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import tempfile
 import time
 from collections.abc import Iterator
@@ -86,6 +92,7 @@ RERUN_CHUNK = 5_000
 LIVE_DAY_GRACE = timedelta(minutes=15)
 # The quarantine rows of snapshots that broke the contract: their timesteps are not in raw_snapshots.
 CONTRACT_REJECTION = "snapshot"
+_SHOWN = 10  # damaged timesteps named in a message (details carry up to 100)
 
 
 def apply_overrides(config: ModeConfig, overrides: dict[str, Any] | None) -> ModeConfig:
@@ -108,7 +115,7 @@ def apply_overrides(config: ModeConfig, overrides: dict[str, Any] | None) -> Mod
 
 @dataclass(frozen=True)
 class RawSnapshots:
-    """One run's accepted snapshots from one version of ``raw_snapshots``, in timestep order."""
+    """One run's accepted snapshots from one version of ``raw_snapshots``, in timestep order, checked."""
 
     run_id: str
     table: pa.Table  # timestep, timestamp, payload; sorted by timestep
@@ -138,19 +145,40 @@ class RawSnapshots:
 
 
 def read_raw_snapshots(root: Path, execution_mode: str, run_id: str) -> RawSnapshots:
-    """The run's raw snapshots (RST-302 if it has none)."""
+    """The run's raw snapshots, each payload checked against its sha256 first (RST-005 on a mismatch)."""
     path = delta_tables.table_path(root, execution_mode, RAW_SNAPSHOTS)
-    table = delta_tables.read(path, run_id=run_id, columns=["timestep", "timestamp", "payload"])
+    table = delta_tables.read(path, run_id=run_id, columns=["timestep", "timestamp", "payload", "payload_sha256"])
     table = table.sort_by("timestep")
+    _refuse_damaged(run_id, table)
     if table.num_rows == 0:
         raise ComponentError("RST-302", f"run {run_id!r} has no raw snapshots to re-derive from")
-    return RawSnapshots(run_id, table)
+    return RawSnapshots(run_id, table.drop_columns(["payload_sha256"]))
 
 
 def iter_raw_snapshots(root: Path, execution_mode: str, run_id: str) -> Iterator[tuple[int, pd.Timestamp, dict[str, Any]]]:
-    """The run's accepted snapshots in timestep order (see :func:`read_raw_snapshots`)."""
+    """The run's accepted snapshots in timestep order, checked as :func:`read_raw_snapshots` does."""
     return iter(read_raw_snapshots(root, execution_mode, run_id))
 
+
+def _refuse_damaged(run_id: str, table: pa.Table) -> None:
+    """RST-005 naming every timestep whose payload no longer hashes to the sha256 stored with it."""
+    damaged: list[int] = []
+    for batch in table.to_batches(max_chunksize=RERUN_CHUNK):
+        columns = (batch.column(n).to_pylist() for n in ("timestep", "payload", "payload_sha256"))
+        for step, payload, digest in zip(*columns, strict=True):
+            # The store hashed the payload's UTF-8 bytes as written; the checksum flow does the same.
+            if hashlib.sha256(payload.encode()).hexdigest() != digest:
+                damaged.append(step)
+    if not damaged:
+        return
+    shown = ", ".join(map(str, damaged[:_SHOWN])) + (f" and {len(damaged) - _SHOWN} more" if len(damaged) > _SHOWN else "")
+    raise ComponentError(
+        "RST-005",
+        f"run {run_id!r}: {len(damaged)} raw snapshot(s) no longer match the sha256 stored with them "
+        f"(timestep{'s' if len(damaged) > 1 else ''} {shown}); a rerun re-derives nothing from damaged data, "
+        "so nothing was written. `results-store checksum verify` lists the damage; restore raw_snapshots from a backup",
+        details={"run_id": run_id, "timesteps": damaged[:100], "damaged": len(damaged)},
+    )
 
 
 def rederive_run(

@@ -1,5 +1,5 @@
-"""Reruns lose nothing: they take the run's lock, refuse a run that is not finished (or a live day that
-is not over), and keep the contract rejections."""
+"""Reruns lose nothing and spread nothing: they take the run's lock, refuse a run that is not finished
+(or a live day that is not over), keep the contract rejections, and refuse corrupted raw snapshots."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
+import pyarrow as pa
 import pytest
+from deltalake import DeltaTable, write_deltalake
 
 from results_store import delta_tables
 from results_store.drive import collect_pending, feed, run_snapshots
+from results_store.maintenance import verify_checksums
 from results_store.reading import read_table
 from results_store.rerun import rederive_run, rederive_run_async
 from results_store.runs import latest_run
@@ -217,3 +221,44 @@ async def test_a_live_run_is_rerun_in_place_only_once_its_day_is_over(tmp_path):
     old = await _live_run(tmp_path, "live-20240501", anchor, anchor + timedelta(minutes=30))
     summary = await rederive_run_async(data_dir=tmp_path, execution_mode="live", run_id="live-20240501")
     assert summary.timesteps_received == old
+
+
+# ------------------------------------------------------------------ corrupted raw snapshots
+def _corrupt_payload(data_dir: Path, run_id: str, timestep: int) -> float:
+    """Change one stored payload the way a flipped bit would: other content, the same payload_sha256."""
+    path = delta_tables.table_path(data_dir, "backtest", "raw_snapshots")
+    table = DeltaTable(str(path)).to_pyarrow_table(filters=[("run_id", "=", run_id)])
+    payloads = table.column("payload").to_pylist()
+    index = table.column("timestep").to_pylist().index(timestep)
+    payload = orjson.loads(payloads[index])
+    ltv = payload["risk_monitor"]["risk_metrics"]["ltv_risk"]
+    ltv["current_ltv"] = damaged = ltv["current_ltv"] - 0.001
+    payloads[index] = orjson.dumps(payload).decode()
+    column = table.schema.get_field_index("payload")
+    table = table.set_column(column, "payload", pa.array(payloads, table.schema.field(column).type))
+    write_deltalake(str(path), table, mode="overwrite", predicate=f"run_id = '{run_id}'", partition_by=["run_id"])
+    return float(damaged)
+
+
+def test_a_rerun_refuses_a_raw_snapshot_whose_payload_no_longer_matches_its_sha256(tmp_path):
+    _backtest(tmp_path, "C", 60)
+    damaged = _corrupt_payload(tmp_path, "C", 17)
+    assert {"run_id": "C", "timestep": 17} in verify_checksums(tmp_path, "backtest")["mismatches"]
+    before = _versions(tmp_path)
+    risk_before = fingerprint(tmp_path, "backtest", "risk_metrics", "C")
+
+    with pytest.raises(ComponentError) as in_place:
+        rederive_run(data_dir=tmp_path, execution_mode="backtest", run_id="C")
+    assert in_place.value.error_code == "RST-005"
+    assert "run 'C'" in str(in_place.value) and "timestep 17" in str(in_place.value)
+    assert in_place.value.details["timesteps"] == [17]
+    with pytest.raises(ComponentError) as as_new:
+        rederive_run(data_dir=tmp_path, execution_mode="backtest", run_id="C", new_run_id="C-copy")
+    assert as_new.value.error_code == "RST-005"
+
+    assert _versions(tmp_path) == before
+    assert fingerprint(tmp_path, "backtest", "risk_metrics", "C") == risk_before
+    risk = read_table(tmp_path, "backtest", "risk_metrics", run_id="C").to_pylist()
+    ltv_17 = [r["value"] for r in risk if r["timestep"] == 17 and r.get("metric") == "current_ltv"]
+    assert damaged not in ltv_17
+    assert latest_run(tmp_path, "backtest", "C-copy") is None
