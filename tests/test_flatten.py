@@ -230,10 +230,11 @@ def test_perp_instruments_map_to_their_base_asset(instrument, base):
 
 
 def test_one_simulated_day_of_every_mode_flattens_and_validates_with_zero_quarantined_rows():
-    reference = pytest.importorskip("results_store.simulator.reference")
+    from results_store.simulator.reference import ReferenceEngine
+
     for mode_name in MODE_NAMES:
         mode = load_mode(mode_name)
-        engine = reference.ReferenceEngine(mode, "2024-01-01", "2024-01-02", "1min", seed=11)
+        engine = ReferenceEngine(mode, "2024-01-01", "2024-01-02", "1min", seed=11)
         items = [SnapshotItem(results.get("timestep", i), ts, results)
                  for i, (ts, results) in enumerate(engine.iter_snapshots())]
         assert len(items) == 1440, mode_name
