@@ -1,4 +1,4 @@
-"""backtest-results: one backtest's snapshots through the store, then its summary as artifacts.
+"""backtest-results: one backtest's snapshots through the store, then its summary and report as artifacts.
 
 The store runs in-flow (``tasks.store.store_snapshots``, awaited on the flow's event loop), so
 FIFO order holds and back-pressure slows the engine down instead of dropping snapshots.
@@ -12,9 +12,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from results_store.store import ResultsStore
-from schemas.modes import ModeName
-from schemas.settings import resolve_data_dir
+from schemas.modes import ModeName, load_mode
+from schemas.settings import load_settings, resolve_data_dir
 from tasks.artifacts import publish_run_summary
+from tasks.report import publish_report, write_run_report
 from tasks.store import store_snapshots
 
 __all__ = ["backtest_results"]
@@ -58,6 +59,10 @@ async def backtest_results(
     summary = await store_snapshots(mode, run_id, root, snapshot_file=snapshot_file, start=start, end=end,
                                     freq=freq, seed=seed, strict=strict, batch_size=batch_size)
     await publish_run_summary(summary)
+    # How the strategy did: the run's bundle under {data_dir}/backtest/results/{run_id}/, then its
+    # summary and a link to its report.html as artifacts.
+    bundle = await write_run_report(load_settings(load_mode(mode), data_dir=root).root, run_id, event_log_dir=root)
+    await publish_report(bundle)
     logger.info("run %s: %s timesteps (%s already committed), %s quarantined rows, %.0f timesteps/s",
                 run_id, f"{summary.timesteps_received:,}", f"{summary.timesteps_skipped:,}",
                 summary.quarantined, summary.throughput)

@@ -103,11 +103,13 @@ def export_run(
     end: datetime | str | None = None,
     as_of: datetime | str | None = None,
     db_url: str | None = None,
+    db_schema: str | None = None,
 ) -> dict[str, Any]:
     """Export one run's result tables to ``out`` (a directory) and return the manifest written there.
 
     ``format``: csv | jsonl | json | parquet (one file per table, ``{out}/{table}.{format}``) or
-    db (``db_url``, else SQLite at ``{out}/results.sqlite``). ``tables``: default every result
+    db (``db_url``, else SQLite at ``{out}/results.sqlite``; ``db_schema``: a PostgreSQL schema
+    to create the tables in, default the connection's search path). ``tables``: default every result
     table holding the run. ``start``/``end``: a time range (UTC, end exclusive). ``as_of``: the
     tables as they were then (Delta time travel); default their latest versions.
     """
@@ -128,8 +130,8 @@ def export_run(
     database: dict[str, Any] | None = None
     if format == "db":
         target = db_url or f"sqlite:///{(out / SQLITE_FILE).absolute()}"
-        exports = _export_to_database(target, run_id, scans)
-        database = {"url": _redacted_url(target), "driver": _dialect(target)}
+        exports = _export_to_database(target, run_id, scans, db_schema)
+        database = {"url": _redacted_url(target), "driver": _dialect(target), "schema": db_schema}
     else:
         exports = []
         for rt, scan in scans.items():
@@ -348,19 +350,28 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def create_table_sql(table: str, schema: pa.Schema, key: Sequence[str], dialect: Dialect) -> list[str]:
+def create_table_sql(table: str, schema: pa.Schema, key: Sequence[str], dialect: Dialect,
+                     db_schema: str | None = None) -> list[str]:
     """DDL of a result table: its columns, the row key as primary key, an index for time ranges per run."""
     columns = [f"{_quote(f.name)} {_sql_type(f.type, dialect)}{'' if f.nullable else ' NOT NULL'}" for f in schema]
     keys = ", ".join(_quote(k) for k in key)
     return [
-        f"CREATE TABLE IF NOT EXISTS {_quote(table)} ({', '.join(columns)}, PRIMARY KEY ({keys}))",
-        f"CREATE INDEX IF NOT EXISTS {_quote(table + '_run_time')} ON {_quote(table)} "
+        *([f"CREATE SCHEMA IF NOT EXISTS {_quote(db_schema)}"] if db_schema else []),
+        f"CREATE TABLE IF NOT EXISTS {_qualified(table, db_schema)} ({', '.join(columns)}, PRIMARY KEY ({keys}))",
+        f"CREATE INDEX IF NOT EXISTS {_quote(table + '_run_time')} ON {_qualified(table, db_schema)} "
         f"({_quote('run_id')}, {_quote('timestamp')})",
     ]
 
 
-def _export_to_database(url: str, run_id: str, scans: dict[ResultType, Any]) -> list[TableExport]:
+def _qualified(table: str, db_schema: str | None) -> str:
+    return f"{_quote(db_schema)}.{_quote(table)}" if db_schema else _quote(table)
+
+
+def _export_to_database(url: str, run_id: str, scans: dict[ResultType, Any], db_schema: str | None,
+                        ) -> list[TableExport]:
     dialect = _dialect(url)
+    if db_schema and dialect != "postgresql":
+        raise ComponentError("RST-201", "db_schema applies to PostgreSQL only; SQLite has one schema per file")
     placeholder = "$1" if dialect == "postgresql" else "?"
     exports = []
     connection = _connect(url)
@@ -369,13 +380,13 @@ def _export_to_database(url: str, run_id: str, scans: dict[ResultType, Any]) -> 
         try:
             for rt, scan in scans.items():
                 schema: pa.Schema = scan.table.schema
-                for statement in create_table_sql(rt.value, schema, row_key(rt), dialect):
+                for statement in create_table_sql(rt.value, schema, row_key(rt), dialect, db_schema):
                     cursor.execute(statement)
-                cursor.execute(f"DELETE FROM {_quote(rt.value)} WHERE {_quote('run_id')} = {placeholder}",
+                cursor.execute(f"DELETE FROM {_qualified(rt.value, db_schema)} WHERE {_quote('run_id')} = {placeholder}",
                                parameters=(run_id,))
                 counted = _Counted(scan.windows())
                 reader = pa.RecordBatchReader.from_batches(schema, counted.batches())
-                cursor.adbc_ingest(rt.value, reader, mode="append")
+                cursor.adbc_ingest(rt.value, reader, mode="append", db_schema_name=db_schema)
                 exports.append(TableExport(rt.value, scan.version, counted.rows, extra={"db_table": rt.value}))
             # One commit for every table: the run's rows change all at once.
             connection.commit()

@@ -725,3 +725,39 @@ class ResultsStore:
     def new_run_id(mode: str) -> str:
         """A fresh, sortable run id: ``<mode>-<UTC time>-<random>``."""
         return f"{mode}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+    # ----------------------------------------------------------------------------- the spec's named outputs
+    # Thin wrappers with the spec's names over results_store.export and results_store.report (imported
+    # on use, as retrieve_results does, so that an engine embedding the store does not load them).
+    async def save_timestep_result(self, timestamp: Any, results: dict[str, Any]) -> None:
+        """The spec's ``save_timestep_result``: the same as :meth:`store_timestep_results`."""
+        await self.store_timestep_results(timestamp, results)
+
+    async def export_results(self, format: str, output_path: Path | str, **options: Any) -> dict[str, Any]:
+        """The spec's ``export_results(format, output_path)``: this run's result tables as csv, jsonl, json,
+        parquet or db into ``output_path``, with manifest.json (``results_store.export.export_run``;
+        ``options``: tables, start, end, as_of, db_url, db_schema)."""
+        from results_store.export import export_run
+
+        return await asyncio.to_thread(export_run, self.root, self.run_id, format,  # type: ignore[arg-type]
+                                       Path(output_path), execution_mode=self.execution_mode, **options)
+
+    async def save_event_log(self) -> Path:
+        """The spec's ``save_event_log``: ``results/{run_id}/events.csv``, the run's execution log and the
+        store's own events for the run (``results_store.report.write_event_log``)."""
+        from results_store.report import write_event_log
+
+        self.event_log.flush()  # this run's buffered events belong in the file too
+        return await asyncio.to_thread(write_event_log, self.root, self.run_id, execution_mode=self.execution_mode,
+                                       event_log_dir=self.settings.data_dir)
+
+    async def save_final_result(self) -> Path:
+        """The spec's ``save_final_result``: the run's bundle under ``{root}/{execution_mode}/results/{run_id}/``
+        (performance, trades and events CSVs, summary.json, report.html with plots;
+        ``results_store.report.write_bundle``). Returns the bundle's directory."""
+        from results_store.report import write_bundle
+
+        self.event_log.flush()
+        bundle = await asyncio.to_thread(write_bundle, self.root, self.run_id, execution_mode=self.execution_mode,
+                                         event_log_dir=self.settings.data_dir)
+        return bundle.directory

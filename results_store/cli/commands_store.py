@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from results_store.cli.options import DataDir
-from results_store.reading import read_table, table_history
+from results_store.query import ResultQuery, retrieve_results, scan_results
+from results_store.reading import table_history
 from results_store.runs import latest_run, read_runs
 from schemas.errors import ComponentError
 from schemas.settings import load_settings
@@ -26,11 +28,19 @@ def show(
     run_id: Annotated[str | None, typer.Argument(help="a run to show; omit to list runs")] = None,
     table: Annotated[str | None, typer.Option("--table", "-t", help="print this table's rows for the run")] = None,
     version: Annotated[int | None, typer.Option("--version", help="read the table as of this Delta version")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="read the table as it was at this time (ISO 8601, UTC)")] = None,
+    start: Annotated[str | None, typer.Option("--start", help="first timestamp, inclusive (ISO 8601, UTC)")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="last timestamp, exclusive (ISO 8601, UTC)")] = None,
+    columns: Annotated[str | None, typer.Option("--columns", "-c", help="comma-separated columns to print")] = None,
+    where: Annotated[list[str] | None, typer.Option("--where", "-w", help="COLUMN=V1,V2: keep rows whose column is one of the values (repeatable)")] = None,  # noqa: E501
+    points: Annotated[int | None, typer.Option("--points", help="downsample each series to at most N points")] = None,
+    every: Annotated[str | None, typer.Option("--every", help="downsample to one row per bucket of this length (15min, 1h, 1D)")] = None,  # noqa: E501
+    how: Annotated[str, typer.Option("--how", help="downsampling: last row of a bucket, or mean of its floats")] = "last",
     limit: Annotated[int, typer.Option("--limit", "-n", help="rows to print")] = 20,
     execution_mode: ExecutionMode = "backtest",
     data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
 ) -> None:
-    """List runs, show one run's tables and lineage, or print a table's rows (optionally time-travelled)."""
+    """List runs, show one run's tables and lineage, or print a table's rows (filtered, downsampled, time-travelled)."""
     root = load_settings(data_dir=data_dir).root
     try:
         if run_id is None:
@@ -38,12 +48,43 @@ def show(
         elif table is None:
             _show_run(root, execution_mode, run_id)
         else:
-            data = read_table(root, execution_mode, table, run_id=run_id, version=version)
-            _print_rows(data.slice(0, limit).to_pylist(), f"{table} · {run_id} · {data.num_rows:,} rows"
-                        + (f" · version {version}" if version is not None else ""))
+            query = ResultQuery.parse({
+                "result_type": table, "run_id": run_id, "version": version, "as_of": as_of, "start": start,
+                "end": end, "columns": columns.split(",") if columns else None, "where": _where(where),
+                "points": points, "every": every, "how": how, "output": "arrow"})
+            _print_query(root, execution_mode, query, limit)
     except ComponentError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+
+
+def _where(terms: list[str] | None) -> dict[str, list[str]]:
+    parsed: dict[str, list[str]] = {}
+    for term in terms or []:
+        column, sep, values = term.partition("=")
+        if not sep or not column:
+            raise ComponentError("RST-201", f"--where takes COLUMN=V1,V2, got {term!r}")
+        parsed.setdefault(column.strip(), []).extend(v.strip() for v in values.split(","))
+    return parsed
+
+
+def _print_query(root: Path, execution_mode: str, query: ResultQuery, limit: int) -> None:
+    """The query's first ``limit`` rows, titled with how many rows it matches in all and the version read."""
+    scan = scan_results(root, query, execution_mode=execution_mode)
+    bounded = query.downsampled or query.start is not None or query.end is not None or query.where
+    if bounded:
+        data = retrieve_results(root, query, execution_mode=execution_mode)
+        total = data.num_rows
+        data = data.slice(0, limit)
+    else:
+        # A whole run is not read to print 20 rows: its row count is in the Delta log.
+        files = scan.table.runs(query.run_ids)[0][1] if query.run_ids else list(scan.table.files)
+        total = sum(f.num_records or 0 for f in files)
+        data = retrieve_results(root, replace(query, limit=limit), execution_mode=execution_mode)
+    run = ",".join(query.run_ids or ())
+    travelled = f" · version {scan.version}" if query.version is not None or query.as_of is not None else ""
+    sampled = f" · {query.points} points" if query.points else (f" · every {query.every}" if query.every else "")
+    _print_rows(data.to_pylist(), f"{query.result_type.value} · {run} · {total:,} rows{travelled}{sampled}")
 
 
 def _list_runs(root: Path, execution_mode: str) -> None:
