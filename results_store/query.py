@@ -41,6 +41,7 @@ How = Literal["last", "mean"]
 Output = Literal["pandas", "arrow"]
 _BUCKET = "__bucket"
 _RANK = "__run_rank"
+_POSITION = "__position"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,9 +261,14 @@ def _downsample(scan: QueryScan, wanted: list[str]) -> pa.Table:
     values = [c for c in read if c not in keys]
     floats = [c for c in values if pa.types.is_floating(schema.field(c).type)] if q.how == "mean" else []
     bucket_of = _bucketing(scan)
-    partials = []
+    # Each row's position in the read (timestep order, stored order within a timestep): the kept
+    # rows are put back in that order at the end.
+    values = [*values, _POSITION]
+    partials, position = [], 0
     for window in scan._read(read, as_stored=True):
         window = window.append_column(_BUCKET, pa.array(bucket_of(window.column("timestamp")), pa.int64()))
+        window = window.append_column(_POSITION, pa.array(np.arange(position, position + window.num_rows), pa.int64()))
+        position += window.num_rows
         partials.append(_aggregate(window, keys, values, floats, first=True))
     if not partials:
         return pa.schema([schema.field(c) for c in wanted]).empty_table()
@@ -273,8 +279,7 @@ def _downsample(scan: QueryScan, wanted: list[str]) -> pa.Table:
     ranks = {run: i for i, (run, _) in enumerate(scan.table.runs(q.run_ids))}
     merged = merged.append_column(_RANK, pa.array([ranks[r] for r in merged.column("run_id").to_pylist()], pa.int64())) \
         if len(ranks) > 1 else merged.append_column(_RANK, pa.repeat(pa.scalar(0, pa.int64()), merged.num_rows))
-    # Stable: within a timestep, series keep the order they were first seen in (the stored order).
-    merged = merged.sort_by([(_RANK, "ascending"), ("timestep", "ascending")])
+    merged = merged.sort_by([(_RANK, "ascending"), (_POSITION, "ascending")])
     return merged.select(wanted).cast(pa.schema([schema.field(c) for c in wanted]))
 
 
