@@ -458,8 +458,11 @@ def compact_run_sorted(
     order_by: Sequence[str] = ("timestep",),
     compression: Compression = "zstd",
     row_group_rows: int = SORTED_ROW_GROUP_ROWS,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Rewrite one run's files as one file in ``order_by`` order, row groups of ``row_group_rows``.
+
+    A run already in one sorted file is left alone unless ``force`` (e.g. to change its row groups).
 
     Delta ``optimize`` (``compact_run``) interleaves the files it merges: a compacted one-year run
     had row groups spanning 15,000-45,000 timesteps each, so min/max statistics could not skip
@@ -473,7 +476,7 @@ def compact_run_sorted(
             return {"numFilesAdded": 0, "numFilesRemoved": 0}
         listed = table_files(path, version=table.version())
         files = listed.runs([run_id])[0][1]
-        if not files or (len(files) == 1 and _already_sorted(files[0])):
+        if not files or (len(files) == 1 and _already_sorted(files[0]) and not force):
             return {"numFilesAdded": 0, "numFilesRemoved": 0}
         directory = f"{PARTITION_COLUMN}={quote(run_id, safe='')}"
         name = f"part-00000-{uuid.uuid4()}-c000.{compression}.parquet"
