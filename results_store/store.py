@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import AsyncIterable, Callable, Iterable
@@ -51,12 +52,26 @@ __all__ = ["ResultsStore"]
 _T = TypeVar("_T")
 
 _STOP: Any = object()
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 # Codes logged as "storage_failed" (the spec's event for a failed write) rather than a plain "error".
 _STORAGE_CODES = frozenset({"RST-001", "RST-003", "RST-004", "RST-005", "RST-006"})
 # Snapshots flattened and validated together. pandera costs ~4 ms per table per call whatever the
 # size, so larger chunks are cheaper per timestep (bench: 34 µs at 5,000, 28 µs at 10,000, 26 µs at
 # 20,000) but hold more Python objects at once (+34 MB per 5,000 more): 10,000 is the middle.
 CHUNK_TIMESTEPS = 10_000
+
+
+def _one_line(error: ComponentError) -> ComponentError:
+    """``error`` with its message on one line. A run's failure is shown as one line (the Prefect
+    state message, the CLI, the registry's note), and delta-rs chains an error's causes over
+    several lines with terminal colours ("... error\\n  ↳ No space left on device (os error 28)")."""
+    message = " ".join(_ANSI_ESCAPE.sub("", error.message).split())
+    if message == error.message:
+        return error
+    flat = ComponentError(error.error_code, message, error.component, error.severity, error.original_exception,
+                          error.details)
+    flat.__cause__ = error  # the traceback keeps the original, lines and all
+    return flat
 
 
 class ResultsStore:
@@ -156,9 +171,12 @@ class ResultsStore:
         except BaseException as exc:
             # Nothing of this attempt may keep the run's lock: a retry in this process must get it.
             await asyncio.to_thread(self._release)
-            if isinstance(exc, Exception) and not isinstance(exc, ComponentError):
-                raise map_error(exc, f"start run {self.run_id}", self.root) from exc
-            raise
+            if not isinstance(exc, Exception):
+                raise
+            error = _one_line(map_error(exc, f"start run {self.run_id}", self.root))
+            if error is exc:
+                raise
+            raise error from exc
         self.event_log.log_event("component_initialization", {
             "execution_mode": self.execution_mode,
             "run_id": self.run_id,
@@ -502,7 +520,7 @@ class ResultsStore:
     def _fail(self, exc: BaseException, action: str = "store the run's snapshots") -> ComponentError:
         """Make ``exc`` (mapped onto its RST code) the run's failure, unless it already has one."""
         if self._failure is None:
-            error = map_error(exc, action, self.root)
+            error = _one_line(map_error(exc, action, self.root))
             self._failure = error
             self.health.fatal = str(error)
             self._log_error(error, event_type="storage_failed" if error.error_code in _STORAGE_CODES else "error")

@@ -125,6 +125,24 @@ def test_when_the_worker_dies_the_engine_gets_its_error_instead_of_waiting_on_a_
     assert_lock_free(store)
 
 
+async def test_the_runs_failure_reads_as_one_line_when_the_storage_error_spans_several(
+        tmp_path: Path, mn_mode: ModeConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    def delta_rs_style() -> OSError:  # how delta-rs chains causes: one per line, in colour
+        return OSError(28, "Generic LocalFileSystem error\n  \x1b[31m↳\x1b[0m No space left on device (os error 28)\n")
+
+    monkeypatch.setattr(delta_tables, "append_exactly_once", FailingAppend(delta_rs_style))
+    store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="lines",
+                         settings=load_settings(mn_mode, data_dir=tmp_path))
+    await store.start()
+    await feed(store, snapshots(mn_mode, 5))
+    with pytest.raises(ComponentError) as failed:
+        await store.stop()
+    assert str(failed.value).endswith("Generic LocalFileSystem error ↳ No space left on device (os error 28)")
+    assert failed.value.error_code == "RST-004"
+    record = latest_run(tmp_path, "backtest", "lines")
+    assert record is not None and record["note"] == str(failed.value)
+
+
 def test_the_lock_is_released_and_the_runs_own_error_raised_even_when_recording_the_failure_fails(
         tmp_path: Path, mn_mode: ModeConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(mn_mode, data_dir=tmp_path, backtest_batch_size=10)
