@@ -92,8 +92,9 @@ async def test_backtest_results_writes_the_tables_and_publishes_the_summary(tmp_
     assert "96" in artifacts["run-summary-bt-1"].data
     table = artifacts["run-tables-bt-1"].data
     assert '"table": "funding_tracking"' in table and '"quarantined"' in table and '"commits"' in table
-    # Prefect's overhead stays per run, not per timestep: two task runs, whatever the length.
-    assert await _task_run_names(state.state_details.flow_run_id) == ["publish-run-summary", "store-snapshots"]
+    # Prefect's overhead stays per run, not per timestep: four task runs (store, summary, report), whatever the length.
+    assert await _task_run_names(state.state_details.flow_run_id) == [
+        "publish-run-report", "publish-run-summary", "store-snapshots", "write-run-report"]
 
     again = await backtest_results(mode="btc_basis", run_id="bt-1", start="2024-01-01", end="2024-01-02",
                                    freq="15min", data_dir=str(tmp_path))
