@@ -24,15 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import stamina
 
 from results_store import delta_tables
 from results_store.error_map import is_transient, map_error, storage_errors
-from results_store.flatten import SnapshotItem, flatten_batch
-from results_store.json_policy import default as json_default
+from results_store.flatten import SnapshotItem, encode_snapshots, flatten_batch
 from results_store.validate import quarantine_rejected, validate_table
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig
@@ -164,21 +162,26 @@ class BatchWriter:
         """Flatten, validate and serialise one chunk; invalid rows become quarantine rows."""
         started = time.perf_counter()
         items = [SnapshotItem(e[0], e[2], e[3]) for e in entries]
-        flat = flatten_batch(items, self.mode, self.run_id)
+        # The raw payloads first: a snapshot with no lossless JSON form is quarantined whole (RST-101)
+        # before it is flattened, so no result table holds a timestep that raw_snapshots lacks.
+        payloads, unencodable = encode_snapshots(items)
+        flat = flatten_batch([i for i, p in zip(items, payloads, strict=True) if p is not None] if unencodable
+                             else items, self.mode, self.run_id)
+        rejected = sorted([*unencodable, *flat.rejected], key=lambda r: r.timestep) if unencodable else flat.rejected
         tables: dict[str, pa.Table] = {}
-        quarantine = [quarantine_rejected(flat.rejected, self.run_id)] if flat.rejected else []
-        errors = [r.error for r in flat.rejected]
-        if flat.rejected and self.settings.strict:
-            raise flat.rejected[0].error
+        quarantine = [quarantine_rejected(rejected, self.run_id)] if rejected else []
+        errors = [r.error for r in rejected]
+        if rejected and self.settings.strict:
+            raise rejected[0].error
         for rtype, table in flat.tables.items():
             outcome = validate_table(rtype, table, self.mode, strict=self.settings.strict)
             tables[rtype.value] = outcome.valid
             if outcome.quarantine.num_rows:
                 quarantine.append(outcome.quarantine)
             errors.extend(outcome.errors)
-        rejected = {r.timestep for r in flat.rejected}
-        tables[RAW_SNAPSHOTS] = self._raw_table(
-            [e for e in entries if e[0] not in rejected] if rejected else entries)
+        dropped = {r.timestep for r in rejected}
+        raw = [(e, p) for e, p in zip(entries, payloads, strict=True) if p is not None and e[0] not in dropped]
+        tables[RAW_SNAPSHOTS] = self._raw_table([e for e, _ in raw], [p for _, p in raw])
         tables[QUARANTINE] = (pa.concat_tables(quarantine).cast(QUARANTINE_SCHEMA) if quarantine
                               else QUARANTINE_SCHEMA.empty_table())
         return PreparedBatch(
@@ -191,9 +194,10 @@ class BatchWriter:
             prepare_s=time.perf_counter() - started,
         )
 
-    def _raw_table(self, entries: Sequence[Queued]) -> pa.Table:
-        dumps, sha = orjson.dumps, hashlib.sha256
-        payloads = [dumps(e[3], default=json_default, option=orjson.OPT_SERIALIZE_NUMPY) for e in entries]
+    def _raw_table(self, entries: Sequence[Queued], payloads: Sequence[bytes]) -> pa.Table:
+        """``raw_snapshots`` rows of the accepted ``entries``, with their payloads as encoded by
+        ``flatten.encode_snapshots`` (the JSON policy's bytes) and each payload's sha256."""
+        sha = hashlib.sha256
         return pa.table(
             {
                 "run_id": pa.repeat(pa.scalar(self.run_id, pa.string()), len(entries)),

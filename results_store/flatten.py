@@ -12,38 +12,70 @@ This is the store's largest CPU cost, so it is written for speed:
   or a wrong shape raises, its partial rows are truncated away and only then is
   :func:`schemas.snapshot.explain_snapshot` asked to name the timestep and key path (RST-101).
   A value of the wrong type (a string where a number belongs) surfaces later, when Arrow
-  converts a column; the batch is then bisected to find the snapshots that carry one.
+  converts a column; the batch is then bisected to find the snapshots that carry one;
+- what places a snapshot in the tables (its timestep and timestamp, and its events' times) is
+  appended as it comes and range-checked per batch with numpy (the contract's bounds in
+  ``schemas.snapshot``); the few snapshots out of range are then taken out, rows and all.
 
 A rejected snapshot contributes no row to any table; the rest of the batch is unaffected.
+
+Whether a whole snapshot has a lossless JSON form (the raw payload, the live WAL) is checked by
+:func:`encode_snapshots`, which the batch writer runs before flattening, and
+:func:`json_safe_snapshot`, which the live store runs before the WAL append.
 """
 
 from __future__ import annotations
 
+import itertools
 import numbers
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import orjson
-import pandas as pd
 import pyarrow as pa
 
+from results_store.json_policy import JSON_OPTIONS, find_unencodable, tagged_default
 from results_store.json_policy import default as json_default
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig
 from schemas.result_types import ResultType
-from schemas.snapshot import COMPONENT_KEYS, explain_snapshot
+from schemas.snapshot import (
+    COMPONENT_KEYS,
+    TIMESTAMP_MAX_US,
+    TIMESTAMP_MIN_US,
+    explain_placement,
+    explain_snapshot,
+    printable,
+    timestep_problem,
+    to_micros,
+)
 from schemas.tables import arrow_schema
 
-__all__ = ["FlattenResult", "Rejected", "SnapshotItem", "flatten_batch", "perp_base_asset", "to_micros"]
+__all__ = [
+    "UNENCODABLE_KEY",
+    "FlattenResult",
+    "Rejected",
+    "SnapshotItem",
+    "encode_snapshots",
+    "flatten_batch",
+    "json_safe_snapshot",
+    "perp_base_asset",
+    "record_json",
+    "to_micros",
+]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The top-level key by which a snapshot with no lossless JSON form, stored as a tagged copy
+# (json_safe_snapshot), stays marked for quarantine: the same name tagged_default gives such values.
+UNENCODABLE_KEY = "__unencodable__"
 _QUOTES = ("USDT", "USDC", "BUSD", "USD")
 _PERP_SUFFIXES = ("-PERP", "_PERP", "-SWAP", "PERP")
-# What reading a malformed snapshot can raise; anything else is a bug and propagates.
-_READ_ERRORS = (KeyError, TypeError, AttributeError, ValueError)
+# What reading a malformed snapshot can raise (OverflowError: arithmetic on an integer beyond a
+# float, e.g. an LTV of 10**400); anything else is a bug and propagates.
+_READ_ERRORS = (KeyError, TypeError, AttributeError, ValueError, OverflowError)
 # What Arrow raises when a column holds a value of the wrong type.
 _CONVERT_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
 
@@ -60,6 +92,10 @@ _RISK_REQUIRED: tuple[tuple[str, tuple[str, ...]], ...] = (
 _BALANCE_REQUIRED = ("pnl_cumulative", "total_value")
 _EVENT_KEYS = frozenset(("order", "event_type", "timestamp", "details"))
 _JSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+# Records about bad data: every key kind orjson can write, sorted, never refused (record_json).
+_RECORD_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+# Deeper than orjson encodes (254): record_json writes what is below this depth as a tag.
+_RECORD_DEPTH = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +138,18 @@ class _MissingPart(KeyError):
         return (self.__class__, (self.path, self.reason))
 
 
+class _OutOfRange(ValueError):
+    """A snapshot's timestep or timestamp, or an event's time, that no table can hold."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.path, self.reason))
+
+
 class _Unconvertible(Exception):
     """A column of a batch holds a value Arrow cannot store as the column's type."""
 
@@ -112,22 +160,6 @@ class _Unconvertible(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.where, self.cause))
-
-
-def to_micros(value: Any) -> int:
-    """Microseconds since the epoch (UTC) of a datetime / pd.Timestamp (naive = UTC), ISO string or int µs."""
-    if isinstance(value, pd.Timestamp):
-        return int((value if value.tzinfo is not None else value.tz_localize("UTC")).value // 1000)
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        delta: timedelta = value - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return to_micros(pd.Timestamp(value))
-    raise TypeError(f"not a timestamp: {value!r}")
 
 
 def perp_base_asset(instrument: str) -> str:
@@ -191,6 +223,17 @@ class _Columns:
         for column in self.lists:
             del column[keep:]
 
+    def snapshots_of(self, rows: np.ndarray) -> np.ndarray:
+        """The positions (among accepted snapshots) of the snapshots that wrote ``rows``."""
+        return np.searchsorted(np.asarray(self.ends, dtype=np.int64), rows, side="right")
+
+    def keep(self, kept: np.ndarray) -> None:
+        """Keep only the rows of the accepted snapshots where ``kept`` (one bool per snapshot) is True."""
+        counts = np.diff(np.asarray(self.ends, dtype=np.int64), prepend=0).astype(np.int64, copy=False)
+        rows = np.repeat(kept, counts).tolist()
+        self.lists = [list(itertools.compress(column, rows)) for column in self.lists]
+        self.ends = np.cumsum(counts[kept]).tolist()
+
 
 Builder = Callable[[dict[str, Any]], None]
 
@@ -245,10 +288,11 @@ def _flatten(items: Sequence[SnapshotItem], mode: ModeConfig, run_id: str) -> Fl
     every = list(columns.values())
     # A table's length is its first column's length; (first column, ends) pairs avoid a method call each.
     marks = [(c.lists[0], c.ends.append) for c in every]
-    steps: list[int] = []
+    steps: list[Any] = []
     stamps: list[int] = []
     step_append, stamp_append = steps.append, stamps.append
     rejected: list[Rejected] = []
+    rejected_at: list[int] = []  # the position in ``items`` of each rejected snapshot
     components = _COMPONENTS
 
     for item in items:
@@ -262,6 +306,7 @@ def _flatten(items: Sequence[SnapshotItem], mode: ModeConfig, run_id: str) -> Fl
         except _READ_ERRORS as exc:
             for c in every:
                 c.truncate()
+            rejected_at.append(len(steps) + len(rejected))  # every earlier item was accepted or rejected
             rejected.append(Rejected(item.timestep, item.timestamp, _contract_error(item, exc), results))
             continue
         for first, end in marks:
@@ -269,19 +314,75 @@ def _flatten(items: Sequence[SnapshotItem], mode: ModeConfig, run_id: str) -> Fl
         step_append(item.timestep)
         stamp_append(ts_us)
 
-    step_arr = np.asarray(steps, dtype=np.int64)
-    stamp_arr = np.asarray(stamps, dtype=np.int64)
+    step_arr, stamp_arr, out_of_range = _placement(steps, stamps, every, schemas)
+    if out_of_range:
+        # Error path: take the snapshots no table can hold out again, rows and all.
+        skipped = set(rejected_at)
+        accepted = [i for i in range(len(items)) if i not in skipped]
+        kept = np.ones(len(steps), dtype=bool)
+        kept[list(out_of_range)] = False
+        for c in every:
+            c.keep(kept)
+        for position, problem in out_of_range.items():
+            item = items[accepted[position]]
+            rejected_at.append(accepted[position])
+            rejected.append(Rejected(item.timestep, item.timestamp, _contract_error(item, problem), item.results))
+        rejected = [r for _, r in sorted(zip(rejected_at, rejected, strict=True), key=lambda pair: pair[0])]
+        step_arr, stamp_arr = step_arr[kept], stamp_arr[kept]
     tables = {t: _to_table(schemas[t], columns[t], run_id, step_arr, stamp_arr) for t in enabled}
     return FlattenResult(tables, rejected)
 
 
+def _placement(steps: list[Any], stamps: list[int], every: list[_Columns], schemas: dict[ResultType, pa.Schema]
+               ) -> tuple[np.ndarray, np.ndarray, dict[int, _OutOfRange]]:
+    """The accepted snapshots' timesteps and timestamps as int64 arrays, and (by position) those
+    whose timestep, timestamp or event time no table holds; vectorised, per batch."""
+    out: dict[int, _OutOfRange] = {}
+    step_arr = None
+    # Exactly ints (a bool or a float would pass through numpy as an integer), all within int64 from 0.
+    if set(map(type, steps)) <= {int}:
+        try:
+            step_arr = np.array(steps, dtype=np.int64)
+        except OverflowError:
+            step_arr = None
+    if step_arr is None or (step_arr.size and step_arr.min() < 0):
+        for position, step in enumerate(steps):
+            if (problem := timestep_problem(step)) is not None:
+                out[position] = _OutOfRange("timestep", problem)
+        # Other integer types (numpy's) are fine; a 0 stands in for the steps that are taken out.
+        step_arr = np.array([0 if p in out else int(s) for p, s in enumerate(steps)], dtype=np.int64)
+    # to_micros returns int64s; whether pandas can read them back is the contract's range.
+    stamp_arr = np.array(stamps, dtype=np.int64)
+    for position in _beyond(stamp_arr):
+        out.setdefault(int(position), _OutOfRange("timestamp", "outside the range the tables hold"))
+    for c in every:
+        schema = schemas[c.result_type]
+        for name, values in zip(c.names, c.lists, strict=True):
+            if pa.types.is_timestamp(schema.field(name).type):
+                for position in c.snapshots_of(_beyond(np.array(values, dtype=np.int64))):
+                    out.setdefault(int(position), _OutOfRange(
+                        f"{c.result_type.value}.{name}", "outside the range the tables hold"))
+    return step_arr, stamp_arr, out
+
+
+def _beyond(micros: np.ndarray) -> np.ndarray:
+    """Indices of the µs values outside the contract's timestamp range (two reductions when none is)."""
+    if not micros.size or (micros.min() >= TIMESTAMP_MIN_US and micros.max() <= TIMESTAMP_MAX_US):
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero((micros < TIMESTAMP_MIN_US) | (micros > TIMESTAMP_MAX_US))
+
+
 def _contract_error(item: SnapshotItem, exc: BaseException, default_path: str = "") -> ComponentError:
-    """RST-101 for a snapshot: the contract model's explanation, else one built from ``exc``."""
-    explained = explain_snapshot(item.results, timestep=item.timestep, timestamp=item.timestamp)
+    """RST-101 for a snapshot: the contract's explanation, else one built from ``exc``."""
+    explained = (explain_placement(item.timestep, item.timestamp)
+                 or explain_snapshot(item.results, timestep=item.timestep, timestamp=item.timestamp))
     if explained is not None:
         return explained
-    head = f"timestep {item.timestep} ({item.timestamp})"
-    if isinstance(exc, _MissingPart):
+    if isinstance(exc, TypeError) and (found := _first_unencodable(item.results)) is not None:
+        # Event details are encoded while flattening: name the value as the JSON policy does.
+        return _unencodable_error(item, *found)
+    head = f"timestep {printable(item.timestep)} ({printable(item.timestamp)})"
+    if isinstance(exc, _MissingPart | _OutOfRange):
         path, text = exc.path, f"{exc.path}: {exc.reason}"
     elif isinstance(exc, _Unconvertible):
         path, text = default_path, f"{exc.where}: value cannot be stored: {exc.cause}"
@@ -291,7 +392,7 @@ def _contract_error(item: SnapshotItem, exc: BaseException, default_path: str = 
     else:
         path, text = default_path, f"{type(exc).__name__}: {exc}"
     return ComponentError("RST-101", f"{head}: {text}", original_exception=exc,
-                          details={"timestep": item.timestep, "timestamp": str(item.timestamp), "paths": [path]})
+                          details={"timestep": item.timestep, "timestamp": printable(item.timestamp), "paths": [path]})
 
 
 def _to_table(schema: pa.Schema, cols: _Columns, run_id: str, steps: np.ndarray, stamps: np.ndarray) -> pa.Table:
@@ -316,6 +417,109 @@ def _to_table(schema: pa.Schema, cols: _Columns, run_id: str, steps: np.ndarray,
             raise _Unconvertible(f"{cols.result_type.value}.{name}", ValueError("null (None) value"))
         arrays.append(array)
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# -- the JSON policy applied to whole snapshots ------------------------------------------------
+
+def encode_snapshots(items: Sequence[SnapshotItem]) -> tuple[list[bytes | None], list[Rejected]]:
+    """Each snapshot's results as the JSON the raw payload stores, or None and an RST-101 rejection.
+
+    The bytes are ``json_policy.dumps``'s (so each payload's sha256 is the same whoever encodes
+    it). A snapshot with a value that has no lossless JSON form anywhere (component data, extra
+    keys, event details), or marked as such by :func:`json_safe_snapshot`, is rejected whole,
+    naming the key path and the value's type.
+    """
+    payloads: list[bytes | None] = []
+    rejected: list[Rejected] = []
+    dumps, append = orjson.dumps, payloads.append
+    for item in items:
+        results = item.results
+        try:
+            if UNENCODABLE_KEY in results:  # a tagged copy encodes, but is no data: reject it the same way
+                raise TypeError(UNENCODABLE_KEY)
+            append(dumps(results, default=json_default, option=JSON_OPTIONS))
+        except TypeError:
+            append(None)
+            rejected.append(Rejected(item.timestep, item.timestamp,
+                                     _unencodable_error(item, *_why_unencodable(results)), results))
+    return payloads, rejected
+
+
+def json_safe_snapshot(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` itself if the JSON policy encodes it; else a copy that encodes, marked for quarantine.
+
+    For the live WAL, which must take every acknowledged snapshot: the copy has each value with
+    no lossless form tagged as in any record about bad data, and ``UNENCODABLE_KEY`` naming the
+    first one's key path and type, so :func:`encode_snapshots` rejects it (RST-101) with the same
+    path whether it comes from the queue or back from the WAL after a restart.
+    """
+    try:
+        orjson.dumps(results, default=json_default, option=JSON_OPTIONS)
+    except TypeError:
+        path, type_name = _why_unencodable(results)
+        decoded = orjson.loads(record_json(results))
+        tagged: dict[str, Any] = decoded if isinstance(decoded, dict) else {"results": decoded}
+        tagged[UNENCODABLE_KEY] = {"path": path, "type": type_name}
+        return tagged
+    return results
+
+
+def record_json(value: Any) -> bytes:
+    """JSON for a record *about* bad data (a quarantine row): never fails because of what it describes.
+
+    Values with no exact form are tagged by ``json_policy.tagged_default``; those orjson refuses
+    without asking it (an integer beyond 64 bits, nesting deeper than it goes) are tagged first.
+    """
+    try:
+        return orjson.dumps(value, default=tagged_default, option=_RECORD_OPTIONS)
+    except TypeError:
+        return orjson.dumps(_tag_deep(value, 0), default=tagged_default, option=_RECORD_OPTIONS)
+
+
+def _tag_deep(value: Any, depth: int) -> Any:
+    if depth >= _RECORD_DEPTH:
+        return tagged_default(value) if isinstance(value, Mapping | list | tuple) else value
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str | int | float | bool) or k is None else repr(k): _tag_deep(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_tag_deep(v, depth + 1) for v in value]
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return tagged_default(value)
+    return value
+
+
+def _first_unencodable(results: Any) -> tuple[str, str] | None:
+    """(key path, type name) of the first value with no lossless JSON form, in the contract's
+    dotted form (``event_logger.0.details.x``), or None if every value has one."""
+    marker = results.get(UNENCODABLE_KEY) if isinstance(results, Mapping) else None
+    if isinstance(marker, Mapping) and isinstance(marker.get("path"), str) and isinstance(marker.get("type"), str):
+        return marker["path"], marker["type"]
+    if isinstance(results, Mapping) and UNENCODABLE_KEY in results:
+        return UNENCODABLE_KEY, "key reserved for the store's mark"
+    try:
+        found = find_unencodable(results)
+    except RecursionError:
+        return "", "structure that contains itself"
+    if found is None:
+        return None
+    path, type_name = found
+    return re.sub(r"\[(\d+)\]", r".\1", path), type_name
+
+
+def _why_unencodable(results: Any) -> tuple[str, str]:
+    """:func:`_first_unencodable` for a snapshot known not to encode: when no one value is to
+    blame, the nesting is (each value encodes; the whole is deeper than orjson goes)."""
+    return _first_unencodable(results) or ("", "structure nested deeper than JSON encoders go")
+
+
+def _unencodable_error(item: SnapshotItem, path: str, type_name: str) -> ComponentError:
+    where = path or "(snapshot)"
+    return ComponentError(
+        "RST-101", f"timestep {item.timestep} ({printable(item.timestamp)}): {where}: a {type_name} has no "
+        "lossless JSON form",
+        details={"timestep": item.timestep, "timestamp": printable(item.timestamp), "paths": [where], "type": type_name},
+    )
 
 
 # -- one builder per result type: a closure appending one snapshot's rows to its table's columns --

@@ -35,7 +35,7 @@ from results_store.allocators import tune_allocators
 from results_store.batch_writer import BatchWriter, PreparedBatch, Queued
 from results_store.error_map import map_error, storage_errors
 from results_store.events import EventLog
-from results_store.flatten import to_micros
+from results_store.flatten import json_safe_snapshot, to_micros
 from results_store.health import HealthTracker
 from results_store.live import LiveDurability, wal_directory
 from results_store.run_lock import RunLock
@@ -45,6 +45,14 @@ from schemas.errors import ComponentError
 from schemas.modes import ModeConfig, config_hash
 from schemas.result_types import ResultType
 from schemas.settings import StoreSettings, load_settings
+from schemas.snapshot import (
+    NO_TIME_US,
+    TIMESTAMP_MAX_US,
+    TIMESTAMP_MIN_US,
+    TIMESTEP_MAX,
+    printable,
+    timestep_problem,
+)
 from schemas.store_tables import QUARANTINE, RAW_SNAPSHOTS
 
 __all__ = ["ResultsStore"]
@@ -394,13 +402,22 @@ class ResultsStore:
         step = results.get("timestep")
         if step is None:
             step = self._last_step + 1
-        ts_us = to_micros(timestamp)
-        if step <= self._last_step or ts_us < self._last_ts:
+        elif step.__class__ is not int or not 0 <= step <= TIMESTEP_MAX:
+            step = self._placed_step(step)
+        try:
+            ts_us = to_micros(timestamp)
+        except (TypeError, ValueError):
+            ts_us = NO_TIME_US
+        # A timestamp the tables cannot hold takes no part in the order: its snapshot is the
+        # contract's to quarantine (RST-101, at this timestep), and later ones are compared with
+        # the last timestamp that can be stored.
+        if step <= self._last_step or TIMESTAMP_MIN_US <= ts_us < self._last_ts:
             self._refuse(step, timestamp, ts_us)
         previous = self._last_step, self._last_ts
         # Claimed before any await, so that a concurrent call is checked against this timestep.
         self._last_step = step
-        self._last_ts = ts_us
+        if TIMESTAMP_MIN_US <= ts_us <= TIMESTAMP_MAX_US:
+            self._last_ts = ts_us
         self._received += 1
         if step <= self._watermark:
             self._skipped += 1
@@ -410,6 +427,9 @@ class ResultsStore:
             self._enqueued_at.append(item[4])
             await self._put(item)
             return
+        # The WAL is JSON: a snapshot with no lossless JSON form goes in as a tagged copy that is
+        # quarantined (RST-101, naming the key path) instead of raising into the engine.
+        item = (step, ts_us, timestamp, json_safe_snapshot(results), item[4])
         try:
             await self._accept_live(item)
         except BaseException:
@@ -436,6 +456,18 @@ class ResultsStore:
             return
         raise self._failure or ComponentError("RST-901", f"run {self.run_id}: the store's worker ended "
                                               "while the engine waited for room in the queue")
+
+    def _placed_step(self, step: Any) -> int:
+        """``step`` as an int if an int64 from 0 holds it (numpy's integers do); else it has no place
+        in the run's order and is refused at once, like an order violation, as RST-101."""
+        problem = timestep_problem(step)
+        if problem is None:
+            return int(step)
+        error = ComponentError("RST-101", f"run {self.run_id}: refused timestep {problem}; nothing was stored",
+                               details={"paths": ["timestep"], "value": printable(step),
+                                        "previous_timestep": self._last_step})
+        self._log_error(error)
+        raise error
 
     def _refuse(self, step: int, timestamp: Any, ts_us: int) -> None:
         if step <= self._last_step:

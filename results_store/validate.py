@@ -13,6 +13,7 @@ Only the failing rows are ever touched one by one.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,11 +25,12 @@ import pandera.errors
 import pandera.pandas as pdr
 import pyarrow as pa
 
-from results_store.flatten import Rejected, to_micros
+from results_store.flatten import Rejected, record_json, to_micros
 from results_store.json_policy import tagged_default as json_tagged_default
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig
 from schemas.result_types import ResultType
+from schemas.snapshot import TIMESTAMP_MAX_US, TIMESTAMP_MIN_US
 from schemas.store_tables import QUARANTINE_SCHEMA
 from schemas.tables import ROW_RULE_COLUMNS, mode_schema
 
@@ -169,29 +171,37 @@ def quarantine_rejected(rejected: Sequence[Rejected], run_id: str) -> pa.Table:
     """Quarantine rows for whole snapshots that broke the contract (RST-101), one per snapshot.
 
     ``result_type`` is "snapshot", ``rule`` "snapshot_contract", ``column`` the first failing key
-    path and ``payload`` the whole snapshot as JSON.
+    path and ``payload`` the whole snapshot as JSON (values with no JSON form tagged). A timestep
+    no int64 holds is recorded as -1 and a timestamp the tables cannot hold as the epoch: the
+    message keeps both as given.
     """
     if not rejected:
         return QUARANTINE_SCHEMA.empty_table()
-    stamps = []
-    for r in rejected:
-        try:
-            stamps.append(to_micros(r.timestamp))
-        except (TypeError, ValueError):
-            stamps.append(0)  # an unreadable timestamp may be why it was rejected; the payload keeps it
     n = len(rejected)
-    option = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
     return pa.Table.from_arrays([
         pa.repeat(pa.scalar(run_id, pa.string()), n),
-        pa.array([r.timestep for r in rejected], pa.int64()),
-        pa.array(stamps, pa.int64()).cast(_UTC_MICROS),
+        pa.array([_storable_step(r.timestep) for r in rejected], pa.int64()),
+        pa.array([_storable_micros(r.timestamp) for r in rejected], pa.int64()).cast(_UTC_MICROS),
         pa.repeat(pa.scalar("snapshot", pa.string()), n),
         pa.repeat(pa.scalar("snapshot_contract", pa.string()), n),
         pa.array([str((r.error.details.get("paths") or ["(snapshot)"])[0] or "(snapshot)") for r in rejected],
                  pa.string()),
         pa.array([r.error.error_code for r in rejected], pa.string()),
         pa.array([r.error.message for r in rejected], pa.string()),
-        pa.array([orjson.dumps(r.payload, default=json_tagged_default, option=option).decode() for r in rejected],
-                 pa.string()),
+        pa.array([record_json(r.payload).decode() for r in rejected], pa.string()),
         pa.repeat(pa.scalar(to_micros(datetime.now(UTC)), _UTC_MICROS), n),
     ], schema=QUARANTINE_SCHEMA)
+
+
+def _storable_step(step: object) -> int:
+    if isinstance(step, numbers.Integral) and not isinstance(step, bool) and -(2**63) <= int(step) < 2**63:
+        return int(step)
+    return -1
+
+
+def _storable_micros(stamp: object) -> int:
+    try:
+        micros = to_micros(stamp)
+    except (TypeError, ValueError):
+        return 0
+    return micros if TIMESTAMP_MIN_US <= micros <= TIMESTAMP_MAX_US else 0

@@ -4,27 +4,132 @@ The store never validates snapshots one by one on the engine's path: ``results_s
 raw dicts in bulk and only when a batch fails does it call :func:`explain_snapshot` to name the
 timestep and the path of the broken key. Unknown extra keys are allowed everywhere and survive in
 ``raw_snapshots``.
+
+The contract also bounds what places a snapshot in a run, because the tables must hold it: a
+timestep is an integer in ``0..TIMESTEP_MAX`` (an int64), a timestamp (the snapshot's and each
+event's) lies within pandas' Timestamp range, ``TIMESTAMP_MIN_US..TIMESTAMP_MAX_US`` in whole
+microseconds (a µs UTC column holds far more, but every reader of the tables goes through pandas).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+import numbers
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import pandas as pd
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from schemas.errors import ComponentError
 
 __all__ = [
     "COMPONENT_KEYS",
+    "NO_TIME_US",
+    "TIMESTAMP_MAX_US",
+    "TIMESTAMP_MIN_US",
+    "TIMESTEP_MAX",
     "EventRecord",
     "ExposureMonitorData",
     "PnlCalculatorData",
     "PositionMonitorData",
     "RiskMonitorData",
     "TimestepSnapshot",
+    "explain_placement",
     "explain_snapshot",
+    "printable",
+    "timestamp_problem",
+    "timestep_problem",
+    "to_micros",
 ]
+
+TIMESTEP_MAX = 2**63 - 1
+# pandas' first and last nanosecond, rounded inwards to whole microseconds.
+TIMESTAMP_MIN_US = -(-pd.Timestamp.min.value // 1000)
+TIMESTAMP_MAX_US = pd.Timestamp.max.value // 1000
+# What the store records as the µs of a timestamp it cannot read (pandas reads it back as NaT).
+NO_TIME_US = -(2**63)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_INT64 = range(-(2**63), 2**63)
+
+
+def to_micros(value: Any) -> int:
+    """Microseconds since the epoch (UTC), an int64, of a datetime / pd.Timestamp (naive = UTC), ISO
+    string or int µs; TypeError or ValueError for anything else (NaT, unparseable text, an int
+    beyond int64). Whether the tables hold that time is :func:`timestamp_problem`'s question."""
+    if isinstance(value, pd.Timestamp):
+        if value.tzinfo is None:
+            value = value.tz_localize("UTC")
+        try:
+            return int(value.value // 1000)
+        except OverflowError:
+            # .value counts nanoseconds, which a Timestamp of a coarser unit (pandas >= 2) can
+            # lie beyond; its microseconds still fit an int64.
+            return int(value.as_unit("us").asm8.view("i8"))
+    if isinstance(value, datetime):
+        if value is pd.NaT:  # a datetime subclass that is no time at all
+            raise ValueError("NaT is not a time")
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        delta: timedelta = value - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value not in _INT64:
+            raise ValueError(f"{value} µs is beyond int64")
+        return value
+    if isinstance(value, str):
+        try:
+            return to_micros(pd.Timestamp(value))
+        except OverflowError as exc:  # pandas raises it for some far-off texts
+            raise ValueError(str(exc)) from exc
+    raise TypeError(f"not a timestamp: {printable(value)}")
+
+
+def printable(value: Any) -> str:
+    """How a message shows ``value``: ``str`` for times and text, ``repr`` otherwise; never raises,
+    even for a Timestamp pandas cannot print (outside years 1..9999)."""
+    try:
+        return str(value) if isinstance(value, datetime | str) else repr(value)
+    except (NotImplementedError, ValueError, OverflowError):
+        return f"<{type(value).__name__}>"
+
+
+def timestep_problem(value: Any) -> str | None:
+    """Why no table can hold ``value`` as a timestep, or None if one can (any integer type)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return f"{printable(value)} ({type(value).__name__}) is not an integer"
+    if not 0 <= int(value) <= TIMESTEP_MAX:
+        return f"{value} is outside 0..{TIMESTEP_MAX} (an int64 from 0)"
+    return None
+
+
+def _range_text() -> str:
+    first = pd.Timestamp(TIMESTAMP_MIN_US, unit="us", tz="UTC")
+    last = pd.Timestamp(TIMESTAMP_MAX_US, unit="us", tz="UTC")
+    return f"outside {first.isoformat()}..{last.isoformat()}, the range pandas (and so the tables) hold"
+
+
+def timestamp_problem(value: Any) -> str | None:
+    """Why no table can hold ``value`` as a timestamp, or None if one can."""
+    try:
+        micros = to_micros(value)
+    except (TypeError, ValueError) as exc:
+        return f"{printable(value)} is not a time ({exc})"
+    if not TIMESTAMP_MIN_US <= micros <= TIMESTAMP_MAX_US:
+        return f"{printable(value)} is {_range_text()}"
+    return None
+
+
+def _held_by_the_tables(value: Any) -> Any:
+    """An event time beyond pandas' range is named by the contract (what is not a time at all is
+    left to the datetime field's own message)."""
+    try:
+        micros = to_micros(value)
+    except (TypeError, ValueError):
+        return value
+    if not TIMESTAMP_MIN_US <= micros <= TIMESTAMP_MAX_US:
+        raise ValueError(f"{printable(value)} is {_range_text()}")
+    return value
 
 
 class _Open(BaseModel):
@@ -117,7 +222,7 @@ class PnlCalculatorData(_Open):
 class EventRecord(_Open):
     order: int
     event_type: str
-    timestamp: datetime
+    timestamp: Annotated[datetime, BeforeValidator(_held_by_the_tables)]
     details: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -134,20 +239,34 @@ class TimestepSnapshot(_Open):
 COMPONENT_KEYS: tuple[str, ...] = tuple(TimestepSnapshot.model_fields)
 
 
-def explain_snapshot(results: Any, *, timestep: int, timestamp: Any) -> ComponentError | None:
-    """Validate one snapshot against the contract; describe the first problems, or return None."""
+def explain_snapshot(results: Any, *, timestep: Any, timestamp: Any) -> ComponentError | None:
+    """Validate one snapshot against the contract; describe the first problems, or return None.
+
+    ``timestep`` and ``timestamp`` only label the message; :func:`explain_placement` checks them.
+    """
     try:
         TimestepSnapshot.model_validate(results)
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors()[:5]:
-            path = ".".join(str(p) for p in err["loc"]) or "(snapshot)"
-            parts.append(f"{path}: {err['msg']}")
-        more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
-        return ComponentError(
-            "RST-101",
-            f"timestep {timestep} ({timestamp}): " + "; ".join(parts) + more,
-            details={"timestep": timestep, "timestamp": str(timestamp),
-                     "paths": [".".join(str(p) for p in e["loc"]) for e in exc.errors()]},
-        )
+        return _contract_error(timestep, timestamp,
+                               [(".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()])
     return None
+
+
+def explain_placement(timestep: Any, timestamp: Any) -> ComponentError | None:
+    """RST-101 naming the ``timestep`` and/or ``timestamp`` key if no table can hold it, else None."""
+    problems = [(key, problem) for key, problem in (("timestep", timestep_problem(timestep)),
+                                                    ("timestamp", timestamp_problem(timestamp)))
+                if problem is not None]
+    return _contract_error(timestep, timestamp, problems) if problems else None
+
+
+def _contract_error(timestep: Any, timestamp: Any, problems: list[tuple[str, str]]) -> ComponentError:
+    parts = [f"{path or '(snapshot)'}: {message}" for path, message in problems[:5]]
+    more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+    # Details go into the event log as JSON: a timestep beyond int64 is kept as its text.
+    step = timestep if isinstance(timestep, int) and timestep in _INT64 else printable(timestep)
+    return ComponentError(
+        "RST-101",
+        f"timestep {printable(timestep)} ({printable(timestamp)}): " + "; ".join(parts) + more,
+        details={"timestep": step, "timestamp": printable(timestamp), "paths": [path for path, _ in problems]},
+    )
