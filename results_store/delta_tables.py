@@ -49,6 +49,7 @@ __all__ = [
     "overwrite_run",
     "read",
     "run_app_id",
+    "run_dataset",
     "table_exists",
     "table_files",
     "table_path",
@@ -537,3 +538,22 @@ def _delta_time(value: pa.Scalar) -> str:
     """A timestamp as Delta statistics spell it (ISO 8601, UTC, 'Z')."""
     moment: datetime = value.cast(pa.timestamp("us", "UTC")).as_py()
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# Streaming reads for the audit: a run's partition scanned window by window, never read whole.
+
+def run_dataset(path: Path, run_id: str, *, dictionary_columns: Sequence[str] = ()) -> pads.Dataset:
+    """One run's partition (current version) as a pyarrow dataset, to scan by row group, batch or filter.
+
+    ``dictionary_columns``: string columns to read as dictionary arrays, as Parquet stores them
+    (low-cardinality names such as venue or metric: no string per row is built). Errors while
+    scanning come from pyarrow (a file that cannot be decoded) and are the caller's to classify.
+    """
+    with storage_errors("read", path):
+        table = open_table(path)
+        if table is None:
+            raise ComponentError("RST-302", f"no Delta table at {path}", details={"path": str(path)})
+        options = pads.ParquetReadOptions(dictionary_columns=set(dictionary_columns)) if dictionary_columns else None
+        return table.to_pyarrow_dataset(file_pruning_predicate=[(PARTITION_COLUMN, "=", run_id)],
+                                        parquet_read_options=options)
+
