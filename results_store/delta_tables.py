@@ -192,8 +192,13 @@ def _write_partition_file(path: Path, data: pa.Table, run_id: str, compression: 
     name = f"part-00000-{uuid.uuid4()}-c000.{compression}.parquet"
     (path / directory).mkdir(parents=True, exist_ok=True)
     file = path / directory / name
-    pq.write_table(data.drop_columns([PARTITION_COLUMN]), file, row_group_size=ROW_GROUP_ROWS,
-                   compression="none" if compression == "uncompressed" else compression)
+    try:
+        pq.write_table(data.drop_columns([PARTITION_COLUMN]), file, row_group_size=ROW_GROUP_ROWS,
+                       compression="none" if compression == "uncompressed" else compression)
+    except BaseException:
+        # A half-written file (a full disk) is in no version, but would hold its space until vacuum.
+        file.unlink(missing_ok=True)
+        raise
     stat = file.stat()
     stats: dict[str, Any] = {"numRecords": data.num_rows}
     if data.num_rows and "timestep" in data.column_names:

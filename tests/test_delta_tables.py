@@ -46,3 +46,18 @@ def test_a_batch_holding_rows_of_another_run_is_refused(tmp_path: Path) -> None:
         delta_tables.append_exactly_once(tmp_path / "t", mixed, run_id="r1", last_timestep=2)
     assert refused.value.error_code == "RST-901" and "other runs" in str(refused.value)
     assert delta_tables.committed_txn_version(tmp_path / "t", "r1") is None
+
+
+def test_a_data_file_cut_short_by_a_full_disk_is_removed_not_left_to_hold_space(tmp_path: Path) -> None:
+    import numpy as np
+
+    from tests.store.faults import fill, tmpfs
+
+    with tmpfs(tmp_path / "disk", 4) as disk:
+        fill(disk, leave_bytes=256 * 1024)
+        big = pa.table({"run_id": ["r1"] * 200_000, "timestep": np.arange(200_000, dtype=np.int64),
+                        "value": np.random.default_rng(0).random(200_000)})  # ~3 MB: cannot fit
+        with pytest.raises(ComponentError) as refused:
+            delta_tables.append_exactly_once(disk / "t", big, run_id="r1", last_timestep=199_999)
+        assert refused.value.error_code == "RST-004"
+        assert list((disk / "t").rglob("*.parquet")) == []
