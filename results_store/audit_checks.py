@@ -467,6 +467,7 @@ class _RunPass:
         self.sample_stride = 1
         self.first_step: int | None = None
         self.broken: set[str] = set()
+        self.breaches = 0
 
     # ---- set-up
     def open(self) -> tuple[int, int] | None:
@@ -1004,7 +1005,8 @@ class _RunPass:
             sums = f.leg_sums(delta_legs(self.ctx.mode, asset))
             if sums is None:
                 continue
-            present = ~np.isnan(delta) & ~np.isnan(total) & ~np.isnan(exposure) & ~skip
+            # Where the balance sheet has no rows the coverage check reports it; nothing to compare here.
+            present = ~np.isnan(delta) & ~np.isnan(total) & ~np.isnan(exposure) & f.balances["present"] & ~skip
             self.out.checked("reconciliation.delta", int(present.sum()))
             direct, perp, wrapped, collateral, debt = (sums[k] for k in ("direct", "perp", "wrapped", "collateral", "debt"))
             # The wrapper's rate (ETH per weETH): from the LTV where the wrapped tokens are collateral
@@ -1079,6 +1081,9 @@ class _RunPass:
         if not breach.any():
             return
         at = np.flatnonzero(breach)
+        self.breaches += len(at)
+        self.out.notes["reconciliation.ltv_alerts"] = (f"{self.breaches:,} timesteps at or over "
+                                                      f"{self.ctx.audit.ltv_alert_threshold}")
         alerts = self._alerts(at[:_FLAGGED_PAYLOADS] + f.lo)
         # Beyond the payloads read, a breach is judged by the stored flag alone.
         has_alert = np.array([alerts.get(int(s), True) for s in at + f.lo], dtype=bool)
@@ -1117,6 +1122,7 @@ class _RunPass:
     def _trades(self, f: _Features) -> None:
         trade_types = set(self.ctx.audit.trade_event_types)
         events = [e for e in f.events(None) if e["_type"] in trade_types]
+        self.out.skip("reconciliation.trades", f"no trade events ({', '.join(sorted(trade_types))}) in the run")
         self.out.checked("reconciliation.trades", len(events))
         if not events or f.balances is None:
             return
@@ -1292,7 +1298,7 @@ class _Features:
         for key, values in series.items():
             if assets[key] in _CASH:
                 cash += np.nan_to_num(values)
-        return {"series": series, "changed": changed, "assets": assets, "cash": cash}
+        return {"series": series, "changed": changed, "assets": assets, "cash": cash, "present": present}
 
     def leg_sums(self, legs: _Legs) -> dict[str, np.ndarray] | None:
         """Per timestep: units held directly, on perps, wrapped, as collateral and owed; gross direct and perp units."""

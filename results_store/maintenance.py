@@ -1,50 +1,39 @@
-"""Data-health logic on stored tables: checksums, audit counts, retention plan, backup plan, and their reports.
+"""Data-health logic on stored tables: checksums, retention plan, backup plan, and their reports.
 
 These are the first versions; each result says what it does not check or do yet (the ``*_NOT_*``
 lists), and the flows publish that with the report. Prefect-free: ``tasks/maintenance.py`` wraps
-these as tasks, the flows publish the reports.
+these as tasks, the flows publish the reports. The audit of stored runs is ``results_store.audit``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pandas as pd
-import pyarrow.compute as pc
 
 from results_store import delta_tables
 from results_store.markdown import markdown_table
 from results_store.runs import read_runs
 from schemas.result_types import ResultType
-from schemas.store_tables import QUARANTINE, RAW_SNAPSHOTS, RUN_TABLES, STORE_TABLES
+from schemas.store_tables import AUDITS, RAW_SNAPSHOTS, RUN_TABLES, STORE_TABLES
 
 __all__ = [
-    "AUDIT_NOT_CHECKED",
     "BACKUP_NOT_DONE",
     "CHECKSUM_NOT_CHECKED",
     "RETENTION_NOT_DONE",
     "ChecksumMismatch",
-    "audit_counts",
-    "audit_report",
     "backup_plan",
     "backup_report",
     "checksum_report",
     "retention_plan",
     "retention_report",
-    "run_row_audit",
     "verify_checksums",
 ]
 
-AUDIT_NOT_CHECKED = [
-    "values across tables (balance sheet against PnL, exposures against positions)",
-    "gaps in timestep sequences and the freshness of live runs",
-    "the Parquet files' own checksums",
-]
 RETENTION_NOT_DONE = [
     "nothing is deleted: retention runs as a dry run and only lists what it would remove",
     "no check against backups before removing anything",
@@ -81,7 +70,7 @@ def _report(title: str, summary: list[str], tables: dict[str, list[dict[str, Any
 
 
 def _tables(root: Path, execution_mode: str) -> dict[str, Path]:
-    names = [t.value for t in ResultType] + list(STORE_TABLES)
+    names = [t.value for t in ResultType] + list(STORE_TABLES) + [AUDITS]
     paths = {n: delta_tables.table_path(root, execution_mode, n) for n in names}
     return {n: p for n, p in paths.items() if delta_tables.table_exists(p)}
 
@@ -99,52 +88,6 @@ def verify_checksums(root: Path, execution_mode: str) -> dict[str, Any]:
                 mismatches.append({"run_id": run_id, "timestep": step})
     return {"checked": data.num_rows, "mismatches": mismatches,
             "not_checked": ["Parquet file checksums of the result tables", "backup copies"]}
-
-
-def audit_counts(root: Path, execution_mode: str) -> dict[str, Any]:
-    """Rows per table and run, quarantine counts, and attribution-vs-balance reconciliation."""
-    tables = _tables(root, execution_mode)
-    counts: dict[str, int] = {n: delta_tables.count_rows(p) for n, p in tables.items()}
-    failed_reconciliation = 0
-    if "pnl_attribution" in tables:
-        pnl = delta_tables.read(tables["pnl_attribution"], columns=["component", "metric", "value"])
-        mask = pc.and_(pc.equal(pnl["component"], "reconciliation"), pc.equal(pnl["metric"], "passed"))
-        passed = pnl.filter(mask)["value"]
-        failed_reconciliation = int(pc.sum(pc.equal(passed, 0.0)).as_py() or 0)
-    quarantine_by_rule: dict[str, int] = {}
-    if QUARANTINE in tables:
-        q = delta_tables.read(tables[QUARANTINE], columns=["result_type", "rule"])
-        for row in q.group_by(["result_type", "rule"]).aggregate([("rule", "count")]).to_pylist():
-            quarantine_by_rule[f"{row['result_type']}.{row['rule']}"] = row["rule_count"]
-    return {"rows": counts, "quarantine_by_rule": quarantine_by_rule,
-            "timesteps_failing_reconciliation": failed_reconciliation,
-            "not_checked": ["cross-table consistency (balance sheet vs PnL)", "gaps in timestep sequences",
-                            "freshness of live runs"]}
-
-
-def run_row_audit(root: Path, execution_mode: str) -> list[dict[str, Any]]:
-    """Per run and table: rows the runs registry recorded against rows present, and quarantined rows."""
-    runs = read_runs(root, execution_mode)
-    paths = {n: delta_tables.table_path(root, execution_mode, n) for n in RUN_TABLES}
-    paths = {n: p for n, p in paths.items() if delta_tables.table_exists(p)}
-    quarantined: Counter[tuple[str, str]] = Counter()
-    if QUARANTINE in paths:
-        q = delta_tables.read(paths[QUARANTINE], columns=["run_id", "result_type"])
-        quarantined.update(zip(q.column("run_id").to_pylist(), q.column("result_type").to_pylist(), strict=True))
-    rows = []
-    for record in runs.to_dict("records"):
-        recorded: dict[str, int] = orjson.loads(record["row_counts_json"] or "{}")
-        for name in sorted(recorded):
-            present = delta_tables.count_rows(paths[name], run_id=record["run_id"]) if name in paths else 0
-            rows.append({
-                "run_id": record["run_id"], "status": record["status"], "table": name,
-                "recorded": recorded[name], "present": present,
-                "quarantined": quarantined.get((record["run_id"], name), 0),
-                # A running run is still writing: its counts are not expected to agree yet.
-                "agrees": record["status"] == "running" or recorded[name] == present,
-            })
-    return rows
-
 
 
 def retention_plan(root: Path, execution_mode: str, retention_days: int | None,
@@ -177,21 +120,6 @@ def backup_plan(root: Path, execution_mode: str) -> dict[str, Any]:
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         plan[name] = {"version": delta_tables.version(path), "bytes": size}
     return {"tables": plan, "not_done": ["no copy is made yet: backup reports what it would copy"]}
-
-
-def audit_report(execution_mode: str, result: dict[str, Any]) -> str:
-    """Markdown of an audit: rows per table, runs whose rows disagree with the registry, quarantine by rule."""
-    disagreeing = [r for r in result["by_run"] if not r["agrees"]]
-    summary = [
-        f"rows per table: {', '.join(f'{k} {v:,}' for k, v in sorted(result['rows'].items())) or 'no tables'}",
-        f"runs audited: {len({r['run_id'] for r in result['by_run']})}; "
-        f"tables whose rows disagree with the runs registry: {len(disagreeing)}",
-        f"timesteps failing PnL reconciliation: {result['timesteps_failing_reconciliation']}",
-    ]
-    quarantine = [{"table.rule": k, "rows": v} for k, v in sorted(result["quarantine_by_rule"].items())]
-    return _report(f"Audit of the {execution_mode} tables", summary,
-                   {"Rows per run and table": result["by_run"], "Quarantine by rule": quarantine},
-                   AUDIT_NOT_CHECKED)
 
 
 def retention_report(execution_mode: str, result: dict[str, Any]) -> str:

@@ -15,15 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from results_store import maintenance
 
-__all__ = ["audit_tables", "plan_backup", "plan_retention", "verify_payload_checksums"]
-
-
-@task(name="audit-tables", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-async def audit_tables(root: Path, execution_mode: str) -> dict[str, Any]:
-    """Rows per table, quarantine by rule, reconciliation failures, and per-run row counts."""
-    totals = await asyncio.to_thread(maintenance.audit_counts, root, execution_mode)
-    totals["by_run"] = await asyncio.to_thread(maintenance.run_row_audit, root, execution_mode)
-    return totals
+__all__ = ["plan_backup", "plan_retention", "verify_payload_checksums"]
 
 
 @task(name="plan-retention", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])

@@ -128,7 +128,6 @@ def ingest(
 
 def _flow_call(name: str, data_dir: Path, **params: Any) -> dict[str, Any]:
     _prepare_prefect(data_dir)
-    from flows.audit_results import audit_results
     from flows.backup import backup
     from flows.checksum import checksum
     from flows.live_snapshots import live_snapshots
@@ -136,8 +135,8 @@ def _flow_call(name: str, data_dir: Path, **params: Any) -> dict[str, Any]:
     from flows.retention import retention
     from results_store.maintenance import ChecksumMismatch
 
-    flows: dict[str, Any] = {"rerun": rerun_results, "live": live_snapshots, "audit": audit_results,
-                             "checksum": checksum, "backup": backup, "retention": retention}
+    flows: dict[str, Any] = {"rerun": rerun_results, "live": live_snapshots, "checksum": checksum, "backup": backup,
+                             "retention": retention}
     try:
         return _run(lambda: flows[name](data_dir=str(data_dir), **params))
     except ChecksumMismatch as exc:
@@ -196,11 +195,6 @@ def _print_report(result: dict[str, Any]) -> None:
         console.print(f"[yellow]not covered yet:[/yellow] {caveat}")
 
 
-def audit(execution_mode: ExecutionMode = "backtest", data_dir: DataDir = ...) -> None:  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
-    """Audit the stored tables: rows per table and run against the runs registry, quarantine, reconciliation."""
-    _print_report(_flow_call("audit", data_dir, execution_mode=execution_mode))
-
-
 def backup(execution_mode: ExecutionMode = "backtest", data_dir: DataDir = ...) -> None:  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
     """Report what a backup would copy (the copy itself comes later)."""
     _print_report(_flow_call("backup", data_dir, execution_mode=execution_mode))
@@ -230,7 +224,6 @@ def register(app: typer.Typer) -> None:
     app.command()(ingest)
     app.command()(rerun)
     app.command()(live)
-    app.command()(audit)
     app.command()(backup)
     app.command()(retention)
     app.add_typer(checksum_app, name="checksum")

@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from results_store.cli import commands_engine, commands_export, commands_flows, commands_store
+from results_store.cli import commands_audit, commands_engine, commands_export, commands_flows, commands_store
 from schemas.errors import ComponentError
 from schemas.modes import load_all_modes
 from schemas.result_types import ResultType
@@ -52,6 +52,7 @@ def schema(result_type: str = typer.Argument(..., help="one of the 8 result type
 commands_engine.register(app)
 commands_store.register(app)
 commands_flows.register(app)
+commands_audit.register(app)
 commands_export.register(app)
 
 
