@@ -46,8 +46,11 @@ __all__ = [
     "FORMATS",
     "ExportFormat",
     "TableExport",
+    "csv_ready",
+    "csv_schema",
     "export_run",
     "run_tables",
+    "utc_text",
     "write_table_file",
 ]
 
@@ -194,9 +197,10 @@ def write_table_file(windows: Iterable[pa.Table], schema: pa.Schema, format: str
     rows = 0
     try:
         if format == "csv":
-            with pacsv.CSVWriter(pa.PythonFile(sink, mode="w"), schema) as csv_writer:
+            options = pacsv.WriteOptions(quoting_style="needed")
+            with pacsv.CSVWriter(pa.PythonFile(sink, mode="w"), csv_schema(schema), write_options=options) as csv_writer:
                 for window in windows:
-                    csv_writer.write_table(window)
+                    csv_writer.write_table(csv_ready(window))
                     rows += window.num_rows
         elif format == "parquet":
             with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd") as parquet_writer:
@@ -260,13 +264,39 @@ def _json_values(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
         quoted = pa.array([orjson.dumps(v).decode() for v in encoded.dictionary.to_pylist()], pa.string())
         values: Any = pc.take(quoted, encoded.indices)
     elif pa.types.is_timestamp(kind):
-        utc = column.cast(pa.timestamp(kind.unit, "UTC"))
-        values = pc.binary_join_element_wise('"', pc.strftime(utc, format="%Y-%m-%dT%H:%M:%S"), 'Z"', "")
+        values = pc.binary_join_element_wise('"', utc_text(column, "T"), '"', "")
     elif pa.types.is_boolean(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind):
         values = column.cast(pa.string())
     else:
         raise ComponentError("RST-901", f"no JSON encoding for Arrow type {kind}")
     return pc.fill_null(values, "null")
+
+
+def utc_text(column: pa.ChunkedArray | pa.Array, separator: str = " ") -> Any:
+    """Timestamps as ISO 8601 UTC text with microseconds and a 'Z': ``2024-01-01 00:00:00.000000Z``.
+
+    Arrow formats a zoned timestamp through the time-zone database value by value: casting 1M
+    UTC timestamps to text took ~40x longer than the same timestamps without a zone. UTC needs no
+    database: reinterpret as zone-less (the same int64 values), format, append the 'Z'.
+    """
+    unit = column.type.unit
+    plain = column.cast(pa.timestamp(unit, "UTC")).cast(pa.timestamp(unit)).cast(pa.string())
+    if separator != " ":
+        plain = pc.replace_substring(plain, " ", separator, max_replacements=1)
+    return pc.binary_join_element_wise(plain, "Z", "")
+
+
+def csv_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema :func:`csv_ready` gives: timestamp columns as text."""
+    return pa.schema([f.with_type(pa.string()) if pa.types.is_timestamp(f.type) else f for f in schema])
+
+
+def csv_ready(table: pa.Table) -> pa.Table:
+    """``table`` with its timestamps as :func:`utc_text`: the text Arrow's CSV writer would write, ~40x faster."""
+    for i, column in enumerate(table.schema):
+        if pa.types.is_timestamp(column.type):
+            table = table.set_column(i, column.with_type(pa.string()), utc_text(table.column(i)))
+    return table
 
 
 def _string_bytes(chunk: pa.Array) -> memoryview:

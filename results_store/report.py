@@ -36,7 +36,7 @@ import pyarrow.csv as pacsv
 
 from results_store import delta_tables
 from results_store.events import event_log_path
-from results_store.export import write_table_file
+from results_store.export import csv_ready, csv_schema, write_table_file
 from results_store.query import ResultQuery, scan_results
 from results_store.row_groups import ScanRange, read_ordered, run_span
 from results_store.runs import code_version, latest_run
@@ -397,8 +397,9 @@ def write_bundle(root: Path, run_id: str, *, execution_mode: str = "backtest", e
             batch = pa.Table.from_pandas(performance, preserve_index=False)
             if writer is None:
                 schema = batch.schema.remove_metadata()
-                writer = pacsv.CSVWriter(str(partial), schema)
-            writer.write_table(batch.cast(schema))
+                writer = pacsv.CSVWriter(str(partial), csv_schema(schema),
+                                         write_options=pacsv.WriteOptions(quoting_style="needed"))
+            writer.write_table(csv_ready(batch.cast(schema)))
     finally:
         if writer is not None:
             writer.close()
@@ -467,8 +468,7 @@ def write_event_log(root: Path, run_id: str, *, execution_mode: str = "backtest"
     """``events.csv`` of the bundle: the run's execution log (engine time), then the store's events for the run.
 
     The store's events are the lines of ``logs/events/results_store_events.jsonl`` (and its rotated
-    days) whose data or correlation id names the run; ``state_update`` events aggregate the
-    store's counters and name no run, so they are not among them.
+    days) whose data (``run_id``) or correlation id names the run.
     """
     directory = bundle_dir(root, execution_mode, run_id)
     directory.mkdir(parents=True, exist_ok=True)
