@@ -573,7 +573,7 @@ def _draw(name: str, axes: Any, data: pd.DataFrame, time: pd.Series, attribution
         for column, style in (("target_ltv", "--"), ("max_ltv", ":"), ("liquidation_threshold", "-.")):
             if has(column):
                 axes.plot(time, data[column], linestyle=style, label=column.replace("_", " "))
-        axes.legend(loc="lower right", fontsize=8)
+        axes.legend(loc="center right", fontsize=8)
         return True
     if name == "net_delta" and has("net_delta"):
         axes.plot(time, data["net_delta"], color="tab:purple", linewidth=1.0)
