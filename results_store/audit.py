@@ -345,7 +345,7 @@ def select_runs(root: Path, execution_mode: str, *, run_ids: Sequence[str] | Non
                 since: datetime | str | None = None, now: datetime | None = None) -> list[str]:
     """The runs to audit, oldest first.
 
-    - ``run_ids``: those runs.
+    - ``run_ids``: those of them this execution mode has (in its registry or its raw snapshots).
     - ``all_runs``: every run in the registry.
     - ``since``: runs whose latest state (finished, or the last collection of a live run) is at or after it.
     - otherwise the nightly rule: backtest runs that finished after their last audit (or were never
@@ -353,7 +353,7 @@ def select_runs(root: Path, execution_mode: str, *, run_ids: Sequence[str] | Non
       before ``now`` (a live run is one UTC day unless a run id says otherwise).
     """
     if run_ids:
-        return list(dict.fromkeys(run_ids))
+        return [r for r in dict.fromkeys(run_ids) if _known(root, execution_mode, r)]
     history = read_runs(root, execution_mode, history=True)
     if history.empty:
         return []
@@ -376,6 +376,13 @@ def select_runs(root: Path, execution_mode: str, *, run_ids: Sequence[str] | Non
     due = [r["run_id"] for r in finished.to_dict("records")
            if r["run_id"] not in audited or audited[r["run_id"]] < pd.Timestamp(r["finished_at"])]
     return _oldest_first(finished[finished["run_id"].isin(due)])
+
+
+def _known(root: Path, execution_mode: str, run_id: str) -> bool:
+    if latest_run(root, execution_mode, run_id) is not None:
+        return True
+    raw = delta_tables.table_path(root, execution_mode, RAW_SNAPSHOTS)
+    return delta_tables.table_exists(raw) and delta_tables.count_rows(raw, run_id=run_id) > 0
 
 
 def _oldest_first(frame: pd.DataFrame) -> list[str]:
