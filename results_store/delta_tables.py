@@ -1,12 +1,18 @@
 """The only module that talks to ``deltalake``: the project's Delta verbs.
 
 Write a batch exactly once (application transactions), overwrite a run's partition, read a
-version, compact a run, vacuum, history. Everything else calls these; errors from deltalake,
+version, compact a run, checkpoint, history. Everything else calls these; errors from deltalake,
 pyarrow and the OS come back as ``ComponentError`` RST-001 so callers can retry on one type.
+
+Every commit made here is marked (``checksums.COMMIT_MARKER_KEY`` in its commitInfo) and, once it
+has landed, recorded in the table's checksum manifest: the sha256 of its log file, its checkpoint
+and every data file it added (``results_store.checksums``). The Parquet files written here with
+pyarrow (appends, compactions) carry page checksums, so a reader can notice a damaged page too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import uuid
@@ -26,23 +32,28 @@ from deltalake import CommitProperties, DeltaTable, Transaction, WriterPropertie
 from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMismatchError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction
 
-from results_store import error_map
+from results_store import checksums, error_map
 from results_store.error_map import storage_errors
 from results_store.row_groups import DataFile, file_index, read_ordered
 from schemas.errors import ComponentError
 from schemas.modes import Compression
 
 __all__ = [
+    "COMPACTED_PREFIX",
+    "MERGED_PREFIX",
     "PARTITION_COLUMN",
     "SORTED_ROW_GROUP_ROWS",
     "TableFiles",
     "TableHandle",
     "append_exactly_once",
+    "checkpoint",
+    "cleanup_log",
     "committed_txn_version",
     "compact_run",
     "compact_run_sorted",
     "count_rows",
     "data_files",
+    "delete_rows",
     "delete_run",
     "history",
     "open_table",
@@ -53,7 +64,6 @@ __all__ = [
     "table_exists",
     "table_files",
     "table_path",
-    "vacuum",
     "version",
     "write_plain",
 ]
@@ -69,6 +79,14 @@ TableHandle = DeltaTable
 
 # Compact a finished run into files of up to this size; 1M rows of our widest table is ~40 MB.
 TARGET_FILE_BYTES = 512 * 1024 * 1024
+# Names of the files a compaction writes, so the live policy tells its tiers apart: appends are
+# ``part-…``; a merge of a live run's appends is ``merged-…``; a run's (or a live day's) final
+# compaction is ``compacted-…``, which later compactions of a live run leave alone.
+MERGED_PREFIX = "merged"
+COMPACTED_PREFIX = "compacted"
+# Page checksums (CRC32 per page) in every Parquet file written here with pyarrow: a reader that
+# verifies them (``page_checksum_verification``) notices a damaged page instead of decoding it.
+PAGE_CHECKSUMS = True
 
 
 def table_path(root: Path, execution_mode: str, name: str) -> Path:
@@ -79,6 +97,20 @@ def table_path(root: Path, execution_mode: str, name: str) -> Path:
 def run_app_id(run_id: str) -> str:
     """The Delta application-transaction id that makes a run's commits idempotent."""
     return f"results-store:{run_id}"
+
+
+def _marked(metadata: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """A fresh commit marker and ``metadata`` (None values dropped) carrying it."""
+    marker = checksums.commit_marker()
+    return marker, {**{k: v for k, v in (metadata or {}).items() if v is not None},
+                    checksums.COMMIT_MARKER_KEY: marker}
+
+
+def _record(path: Path, after_version: int, marker: str) -> int:
+    """Find the commit marked ``marker`` (after ``after_version``) and record its checksums; its version."""
+    found, data = checksums.find_commit(path, after_version, marker)
+    checksums.record_commit(path, found, data)
+    return found
 
 
 def table_exists(path: Path) -> bool:
@@ -154,30 +186,37 @@ def append_exactly_once(
             table = _create_partitioned(path, data.schema)
         _check_one_run(data, run_id, path)
         add = _write_partition_file(path, data, run_id, compression)
+        before = table.version()
+        marker, custom = _marked(metadata)
         table.create_write_transaction(
             [add],
             mode="append",
             schema=table.schema(),
             partition_by=[PARTITION_COLUMN],
             commit_properties=CommitProperties(
-                custom_metadata={k: v for k, v in (metadata or {}).items() if v is not None},
+                custom_metadata=custom,
                 app_transactions=[Transaction(run_app_id(run_id), last_timestep)],
             ),
         )
-        table.update_incremental()
-        return table.version()
+        # The handle is brought up to date by the next append (it reads only newer log entries).
+        return _record(path, before, marker)
 
 
 def _create_partitioned(path: Path, schema: pa.Schema) -> DeltaTable:
     """Create the table (partitioned by run) unless another writer just did."""
+    marker, custom = _marked(None)
     try:
-        return DeltaTable.create(str(path), schema, mode="ignore", partition_by=[PARTITION_COLUMN])
+        created = DeltaTable.create(str(path), schema, mode="ignore", partition_by=[PARTITION_COLUMN],
+                                    commit_properties=CommitProperties(custom_metadata=custom))
     except Exception:
         # Two runs creating the same table at once: one commit wins, the other opens its result.
         table = open_table(path)
         if table is None:
             raise
         return table
+    with contextlib.suppress(ComponentError):  # "ignore" found the table made: its creator records it
+        _record(path, -1, marker)
+    return created
 
 
 def _check_one_run(data: pa.Table, run_id: str, path: Path) -> None:
@@ -194,17 +233,22 @@ def _write_partition_file(path: Path, data: pa.Table, run_id: str, compression: 
     file = path / directory / name
     try:
         pq.write_table(data.drop_columns([PARTITION_COLUMN]), file, row_group_size=ROW_GROUP_ROWS,
-                       compression="none" if compression == "uncompressed" else compression)
+                       compression="none" if compression == "uncompressed" else compression,
+                       write_page_checksum=PAGE_CHECKSUMS)
     except BaseException:
         # A half-written file (a full disk) is in no version, but would hold its space until vacuum.
         file.unlink(missing_ok=True)
         raise
     stat = file.stat()
     stats: dict[str, Any] = {"numRecords": data.num_rows}
-    if data.num_rows and "timestep" in data.column_names:
-        low, high = pc.min_max(data["timestep"]).values()
-        stats.update(minValues={"timestep": low.as_py()}, maxValues={"timestep": high.as_py()},
-                     nullCount={"timestep": data["timestep"].null_count})
+    # Each file's timestep and timestamp range: queries prune by them, and retention and the live
+    # compaction policy read a run's time span from them without opening a file.
+    tracked = [n for n in ("timestep", "timestamp") if n in data.column_names and data[n].null_count < data.num_rows]
+    if data.num_rows and tracked:
+        ranges = {n: pc.min_max(data[n]).values() for n in tracked}
+        stats.update(minValues={n: _stat(low) for n, (low, _) in ranges.items()},
+                     maxValues={n: _stat(high) for n, (_, high) in ranges.items()},
+                     nullCount={n: data[n].null_count for n in tracked})
     # delta-rs takes the path as it is written on disk (the run id percent-encoded, as Hive does).
     return AddAction(f"{directory}/{name}", stat.st_size, {PARTITION_COLUMN: run_id},
                      int(stat.st_mtime * 1000), True, json.dumps(stats))
@@ -221,20 +265,25 @@ def overwrite_run(
 ) -> int:
     """Replace one run's partition in a single commit; earlier versions stay readable."""
     with storage_errors("overwrite", path):
+        marker, custom = _marked(metadata)
         commit = CommitProperties(
-            custom_metadata={k: v for k, v in (metadata or {}).items() if v is not None},
+            custom_metadata=custom,
             app_transactions=[Transaction(run_app_id(run_id), last_timestep)],
         )
-        if table_exists(path):
+        before = _version_or_none(path)
+        if before is not None:
             write_deltalake(str(path), data, mode="overwrite", predicate=f"{PARTITION_COLUMN} = '{_quote(run_id)}'",
                             partition_by=[PARTITION_COLUMN], writer_properties=_writer_properties(compression),
                             commit_properties=commit)
         else:  # nothing to replace yet; an overwrite with a predicate needs an existing table
             write_deltalake(str(path), data, mode="append", partition_by=[PARTITION_COLUMN],
                             writer_properties=_writer_properties(compression), commit_properties=commit)
-        table = open_table(path)
-        assert table is not None
-        return table.version()
+        return _record(path, -1 if before is None else before, marker)
+
+
+def _version_or_none(path: Path) -> int | None:
+    table = open_table(path) if table_exists(path) else None
+    return None if table is None else table.version()
 
 
 def write_plain(path: Path, data: pa.Table, *, partitioned: bool = False, merge_schema: bool = False) -> None:
@@ -244,17 +293,34 @@ def write_plain(path: Path, data: pa.Table, *, partitioned: bool = False, merge_
     nullable column since the table was created); earlier rows read them as null. Only a commit
     that really adds a column changes the table's metadata, so appends still never conflict.
     """
+    before = _version_or_none(path)
+    marker, custom = _marked(None)
     write_deltalake(str(path), data, mode="append", partition_by=[PARTITION_COLUMN] if partitioned else None,
-                    schema_mode="merge" if merge_schema else None)
+                    schema_mode="merge" if merge_schema else None,
+                    commit_properties=CommitProperties(custom_metadata=custom))
+    with storage_errors("record checksums", path):
+        _record(path, -1 if before is None else before, marker)
 
 
 def delete_run(path: Path, run_id: str) -> dict[str, Any]:
     """Delete one run's rows (a new version; files go only when vacuumed)."""
+    return delete_rows(path, f"{PARTITION_COLUMN} = '{_quote(run_id)}'")
+
+
+def delete_rows(path: Path, predicate: str, *, compression: Compression = "zstd",
+                metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Delete the rows matching a SQL ``predicate`` (a new version; files rewritten or removed, kept until vacuum)."""
     with storage_errors("delete", path):
         table = open_table(path)
         if table is None:
             return {}
-        return table.delete(f"{PARTITION_COLUMN} = '{_quote(run_id)}'")
+        before = table.version()
+        marker, custom = _marked(metadata)
+        metrics = table.delete(predicate, writer_properties=_writer_properties(compression),
+                               commit_properties=CommitProperties(custom_metadata=custom))
+        if int(metrics.get("num_deleted_rows") or 0) or int(metrics.get("num_removed_files") or 0):
+            metrics["version"] = _record(path, before, marker)
+        return metrics
 
 
 def _quote(value: str) -> str:
@@ -298,22 +364,201 @@ def history(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     return [] if table is None else table.history(limit)
 
 
-def compact_run(path: Path, run_id: str, *, compression: Compression = "zstd", min_files: int = 2) -> dict[str, Any]:
-    """Merge one run's files (Delta optimize) once it has ``min_files`` or more, so a run has few, large files."""
-    with storage_errors("optimize", path):
+CompactSelect = Literal["all", "appended", "uncompacted"]
+
+
+def compact_run(path: Path, run_id: str, *, compression: Compression = "zstd", min_files: int = 2,
+                select: CompactSelect = "all", output: Literal["compacted", "merged"] = "compacted",
+                before_us: int | None = None) -> dict[str, Any]:
+    """Merge one run's files into one (or a few of ``TARGET_FILE_BYTES``) once ``min_files`` are selected.
+
+    ``select``: every file of the run (a backtest's finalize), only its appends (``appended``, the live
+    run's merge past a file-count threshold), or everything but earlier final compactions
+    (``uncompacted``, a live day's compaction). ``output`` names the new files' tier. ``before_us``:
+    only files whose rows are all older than this (µs since the epoch; the days that are over).
+
+    Rows are streamed file by file in the order the run wrote them (flat memory; a run appended in
+    timestep order stays in it, so row-group statistics keep pruning) and written with pyarrow
+    with page checksums; the new files and the removal of the old ones are one commit with
+    ``dataChange=false``, as Delta optimize makes: readers of any version see the same rows.
+    """
+    with storage_errors("compact", path):
         table = open_table(path)
         if table is None:
-            return {}
-        partition = [(PARTITION_COLUMN, "=", run_id)]
-        files = table.to_pyarrow_dataset(file_pruning_predicate=partition).files
-        if len(files) < min_files:
             return {"numFilesAdded": 0, "numFilesRemoved": 0}
-        return table.optimize.compact(
-            partition_filters=partition,
-            target_size=TARGET_FILE_BYTES,
-            writer_properties=_writer_properties(compression),
-            commit_properties=CommitProperties(custom_metadata={"run_id": run_id, "results_store_step": "compact"}),
-        )
+        listed = table_files(path, version=table.version())
+        files = listed.runs([run_id])[0][1]
+        if select == "appended":
+            files = [f for f in files if not Path(f.path).name.startswith((MERGED_PREFIX, COMPACTED_PREFIX))]
+        elif select == "uncompacted":
+            files = [f for f in files if not Path(f.path).name.startswith(COMPACTED_PREFIX)]
+        if before_us is not None:
+            files = [f for f in files if f.max_timestamp_us is not None and f.max_timestamp_us < before_us]
+        if len(files) < max(min_files, 1) or (len(files) == 1 and select != "all"):
+            return {"numFilesAdded": 0, "numFilesRemoved": 0}
+        adds, rows = _rewrite_files(path, run_id, listed.schema, files, compression, output)
+        _commit_replacement(table, path, run_id, adds, files, step=f"compact_{select}")
+        return {"numFilesAdded": len(adds), "numFilesRemoved": len(files), "rows": rows}
+
+
+def _rewrite_files(path: Path, run_id: str, schema: pa.Schema, files: Sequence[DataFile], compression: Compression,
+                   prefix: str) -> tuple[list[AddAction], int]:
+    """Stream ``files`` (in order) into new files of the run's partition; their add actions and the rows."""
+    directory = f"{PARTITION_COLUMN}={quote(run_id, safe='')}"
+    file_schema = pa.schema([f for f in schema if f.name != PARTITION_COLUMN])
+    codec = "none" if compression == "uncompressed" else compression
+    adds: list[AddAction] = []
+    total = 0
+    writer: _StatsWriter | None = None
+    try:
+        for source in files:
+            reader = pq.ParquetFile(source.path)
+            for batch in reader.iter_batches(batch_size=ROW_GROUP_ROWS):
+                if writer is None:
+                    writer = _StatsWriter(path, directory, f"{prefix}-{uuid.uuid4()}.{compression}.parquet", file_schema,
+                                          codec)
+                writer.write(_conform(batch, file_schema))
+                total += batch.num_rows
+                if writer.bytes_written() >= TARGET_FILE_BYTES:
+                    adds.append(writer.close(run_id))
+                    writer = None
+        if writer is not None:
+            adds.append(writer.close(run_id))
+            writer = None
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        for add in adds:  # written but never committed: no version refers to them
+            (path / add.path).unlink(missing_ok=True)
+        raise
+    return adds, total
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
+    """``batch`` with ``schema``'s columns in its order: columns a file predates (a schema that gained a
+    nullable column since) become nulls."""
+    columns = []
+    for target in schema:
+        if target.name in batch.schema.names:
+            column = batch.column(target.name)
+            columns.append(column if column.type == target.type else column.cast(target.type))
+        else:
+            columns.append(pa.nulls(batch.num_rows, target.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class _StatsWriter:
+    """One Parquet file of a compaction: whole row groups, page checksums, and the Delta statistics
+    (records; min/max/nulls of timestep and timestamp) gathered as rows go through."""
+
+    def __init__(self, path: Path, directory: str, name: str, schema: pa.Schema, codec: str) -> None:
+        (path / directory).mkdir(parents=True, exist_ok=True)
+        self.rel = f"{directory}/{name}"
+        self.file = path / directory / name
+        self.sink = pa.OSFile(str(self.file), "wb")
+        self.writer = pq.ParquetWriter(self.sink, schema, compression=codec, write_page_checksum=PAGE_CHECKSUMS,
+                                       write_page_index=True)
+        self.rows = 0
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.low: dict[str, Any] = {}
+        self.high: dict[str, Any] = {}
+        self.nulls: dict[str, int] = {}
+        self.tracked = [n for n in ("timestep", "timestamp") if n in schema.names]
+
+    def write(self, part: pa.Table) -> None:
+        for name in self.tracked:
+            column = part.column(name)
+            self.nulls[name] = self.nulls.get(name, 0) + column.null_count
+            if column.null_count == len(column):
+                continue
+            low, high = pc.min_max(column).values()
+            if name not in self.low or low.as_py() < self.low[name].as_py():
+                self.low[name] = low
+            if name not in self.high or high.as_py() > self.high[name].as_py():
+                self.high[name] = high
+        self.pending.append(part)
+        self.pending_rows += part.num_rows
+        self.rows += part.num_rows
+        if self.pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending_rows:
+            self.writer.write_table(pa.concat_tables(self.pending), row_group_size=ROW_GROUP_ROWS)
+        self.pending, self.pending_rows = [], 0
+
+    def bytes_written(self) -> int:
+        return int(self.sink.tell())
+
+    def close(self, run_id: str) -> AddAction:
+        self._flush()
+        self.writer.close()
+        self.sink.close()
+        stats: dict[str, Any] = {"numRecords": self.rows}
+        if self.low:
+            stats.update(minValues={k: _stat(v) for k, v in self.low.items()},
+                         maxValues={k: _stat(v) for k, v in self.high.items()},
+                         nullCount={k: self.nulls.get(k, 0) for k in self.tracked})
+        stat = self.file.stat()
+        return AddAction(self.rel, stat.st_size, {PARTITION_COLUMN: run_id}, int(stat.st_mtime * 1000), False,
+                         json.dumps(stats))
+
+    def abandon(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+            self.sink.close()
+        self.file.unlink(missing_ok=True)
+
+
+def _stat(value: pa.Scalar) -> Any:
+    """A min/max value as Delta statistics spell it (timestamps as ISO 8601 UTC with 'Z')."""
+    return _delta_time(value) if pa.types.is_timestamp(value.type) else value.as_py()
+
+
+def _commit_replacement(table: DeltaTable, path: Path, run_id: str, adds: Sequence[AddAction],
+                        removed: Sequence[DataFile], *, step: str) -> int:
+    """Commit new files that hold exactly the rows of ``removed`` (``dataChange=false``), and record them."""
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    # The log spells paths percent-encoded and delta-rs encodes what it is given: hand it the decoded path.
+    removes = [RemoveAction(unquote(f.log_path), False, now_ms, f.size_bytes, {PARTITION_COLUMN: run_id})
+               for f in removed]
+    before = table.version()
+    marker, custom = _marked({"run_id": run_id, "results_store_step": step})
+    try:
+        table.create_write_transaction([*adds, *removes], mode="append", schema=table.schema(),
+                                       partition_by=[PARTITION_COLUMN],
+                                       commit_properties=CommitProperties(custom_metadata=custom))
+    except BaseException:
+        for add in adds:  # the commit did not happen: nothing refers to the new files
+            (path / add.path).unlink(missing_ok=True)
+        raise
+    return _record(path, before, marker)
+
+
+def checkpoint(path: Path) -> int | None:
+    """Write a checkpoint of the latest version unless it has one, and record it; the version, or None."""
+    with storage_errors("checkpoint", path):
+        table = open_table(path)
+        if table is None:
+            return None
+        current = table.version()
+        name = f"{current:020d}.checkpoint.parquet"
+        if (path / checksums.LOG_DIR / name).exists():
+            return None
+        table.create_checkpoint()
+        if not (path / checksums.LOG_DIR / name).exists():
+            return None
+        checksums.record_files(path, [f"{checksums.LOG_DIR}/{name}"], kind="checkpoint", version=current)
+        return current
+
+
+def cleanup_log(path: Path) -> None:
+    """Let delta-rs remove log files past the table's log retention (30 days) that a checkpoint covers."""
+    with storage_errors("clean up the Delta log", path):
+        table = open_table(path)
+        if table is not None:
+            table.cleanup_metadata()
 
 
 def data_files(path: Path, *, run_id: str | None = None) -> list[str]:
@@ -323,16 +568,6 @@ def data_files(path: Path, *, run_id: str | None = None) -> list[str]:
         return []
     partitions = [(PARTITION_COLUMN, "=", run_id)] if run_id is not None else None
     return list(table.to_pyarrow_dataset(file_pruning_predicate=partitions).files)
-
-
-def vacuum(path: Path, *, retention_hours: int, dry_run: bool = True) -> list[str]:
-    """Files no version within ``retention_hours`` needs; removed only when ``dry_run`` is False."""
-    with storage_errors("vacuum", path):
-        table = open_table(path)
-        if table is None:
-            return []
-        return table.vacuum(retention_hours=retention_hours, dry_run=dry_run,
-                            enforce_retention_duration=False)
 
 
 # The read side (queries, exports, reports) and a compaction that keeps a run in timestep order.
@@ -492,7 +727,7 @@ def compact_run_sorted(
         pending: list[pa.Table] = []
         pending_rows = 0
         with pq.ParquetWriter(target, file_schema, compression="none" if compression == "uncompressed" else compression,
-                              write_page_index=True) as writer:
+                              write_page_index=True, write_page_checksum=PAGE_CHECKSUMS) as writer:
             for window in read_ordered([(run_id, files)], listed.schema, order_by=order_by):
                 part = window.drop_columns([PARTITION_COLUMN])
                 low = low if low is not None else _first(part)
@@ -516,12 +751,7 @@ def compact_run_sorted(
         stat = target.stat()
         add = AddAction(f"{directory}/{name}", stat.st_size, {PARTITION_COLUMN: run_id}, int(stat.st_mtime * 1000),
                         False, json.dumps(stats))
-        now_ms = int(datetime.now(UTC).timestamp() * 1000)
-        removes = [RemoveAction(f.log_path, False, now_ms, f.size_bytes, {PARTITION_COLUMN: run_id}) for f in files]
-        table.create_write_transaction(
-            [add, *removes], mode="append", schema=table.schema(), partition_by=[PARTITION_COLUMN],
-            commit_properties=CommitProperties(custom_metadata={"run_id": run_id, "results_store_step": "compact_sorted"}),
-        )
+        _commit_replacement(table, path, run_id, [add], files, step="compact_sorted")
         return {"numFilesAdded": 1, "numFilesRemoved": len(files), "rows": rows}
 
 

@@ -24,7 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterable, Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,17 +33,17 @@ import pandas as pd
 from results_store import delta_tables
 from results_store.allocators import tune_allocators
 from results_store.batch_writer import BatchWriter, PreparedBatch, Queued
+from results_store.compaction import LiveCompaction, last_timestamp_us
 from results_store.error_map import map_error, storage_errors
 from results_store.events import EventLog
 from results_store.flatten import json_safe_snapshot, to_micros
 from results_store.health import HealthTracker
 from results_store.live import LiveDurability, wal_directory
 from results_store.run_lock import RunLock
-from results_store.runs import append_run_record, input_differences, latest_run, read_runs
+from results_store.runs import append_run_record, input_differences, latest_run
 from results_store.summary import RunSummary
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig, config_hash
-from schemas.result_types import ResultType
 from schemas.settings import StoreSettings, load_settings
 from schemas.snapshot import (
     NO_TIME_US,
@@ -147,6 +147,9 @@ class ResultsStore:
         self._quarantined = 0
         # Live only, from start(): the WAL and the backlog spilled to it when the queue is full.
         self._durability: LiveDurability | None = None
+        # Live only: compacts the run's files by policy (a file-count threshold, a UTC day's roll-over),
+        # never after every collection (results_store/compaction.py).
+        self._live_compaction = LiveCompaction(self.table_paths, run_id, self.settings.compression) if self._live else None
         self.summary: RunSummary | None = None
         self._lock = RunLock(self.root / execution_mode / "_locks" / f"{run_id}.lock")
         if health_manager is not None and hasattr(health_manager, "register_component"):
@@ -307,7 +310,10 @@ class ResultsStore:
         it is recorded so (when storage allows) and the mapped error is raised."""
         assert self._batch_writer is not None
         try:
-            files = self._batch_writer.compact()
+            # A backtest compacts once, here; a live run by its policy as it commits (one collection ends
+            # many times a day, and compacting the day's partition each time rewrote it each time).
+            files = self._batch_writer.compact() if not self._live else {
+                name: len(delta_tables.data_files(path, run_id=self.run_id)) for name, path in self.table_paths.items()}
             for name, path in self.table_paths.items():
                 version = delta_tables.version(path)
                 if version is not None:
@@ -590,6 +596,9 @@ class ResultsStore:
 
     async def _commit(self, batch: PreparedBatch) -> None:
         assert self._batch_writer is not None
+        if self._live_compaction is not None and not self._live_compaction.started:
+            # Before the first commit: the run's current day, to notice this batch rolling it over.
+            await asyncio.to_thread(self._live_compaction.start)
         # A commit that fails (terminal at once, transient once its retries are spent) ends the run;
         # live keeps the batch in the WAL for the next run.
         if self._durability is not None:
@@ -610,6 +619,9 @@ class ResultsStore:
                                  commits=outcome.commits, when=now)
         if self._durability is not None:
             await self._durability.release_through(batch.last_timestep)
+        if self._live_compaction is not None:
+            await asyncio.to_thread(self._live_compaction.after_commit, outcome.versions,
+                                    last_timestamp_us(batch.tables.get(RAW_SNAPSHOTS)))
         self.event_log.log_event("batch_committed", {
             "run_id": self.run_id, "first_timestep": batch.first_timestep, "last_timestep": batch.last_timestep,
             "timesteps": batch.timesteps, "rows": outcome.rows, "versions": outcome.versions,
@@ -700,21 +712,17 @@ class ResultsStore:
         return rows
 
     async def cleanup_old_results(self, retention_days: int) -> list[str]:
-        """Delete the partitions of finished runs older than ``retention_days`` (never this run)."""
-        def _cleanup() -> list[str]:
-            runs = read_runs(self.root, self.execution_mode)
-            cutoff = pd.Timestamp.now(tz="UTC") - timedelta(days=retention_days)
-            old = runs[(runs["status"] != "running") & (runs["finished_at"] < cutoff) & (runs["run_id"] != self.run_id)]
-            removed = []
-            for run_id in old["run_id"]:
-                for result_type in ResultType:
-                    delta_tables.delete_run(delta_tables.table_path(self.root, self.execution_mode, result_type.value), run_id)
-                for name in (RAW_SNAPSHOTS, QUARANTINE):
-                    delta_tables.delete_run(delta_tables.table_path(self.root, self.execution_mode, name), run_id)
-                removed.append(str(run_id))
-            return removed
+        """Apply retention with ``retention_days`` to this execution mode (never to this run); the runs removed.
 
-        return await asyncio.to_thread(_cleanup)
+        The one retention of the store (``results_store.retention``): expired runs are recorded as
+        such, pinned runs and runs no complete backup holds are kept, and vacuum frees the space of
+        what fell out of the time-travel window.
+        """
+        from results_store.retention import run_retention
+
+        result = await asyncio.to_thread(run_retention, self.root, self.execution_mode, retention_days=retention_days,
+                                         data_dir=self.settings.data_dir, keep=(self.run_id,))
+        return result.removed_runs
 
     def last_committed_timestep(self) -> int | None:
         """The last timestep every table of this run has committed, or None."""

@@ -18,15 +18,21 @@ __all__ = [
     "INBOX_LEDGER",
     "INBOX_LEDGER_SCHEMA",
     "LEDGER_STATUSES",
+    "LIFECYCLE",
+    "LIFECYCLE_KINDS",
+    "LIFECYCLE_SCHEMA",
+    "LIFECYCLE_STATUSES",
     "QUARANTINE",
     "QUARANTINE_SCHEMA",
     "RAW_SNAPSHOTS",
     "RAW_SNAPSHOTS_SCHEMA",
     "RUNS",
     "RUNS_SCHEMA",
+    "RUN_STATUSES",
     "RUN_TABLES",
     "STORE_TABLES",
     "InboxLedgerEntry",
+    "LifecycleRecord",
     "QuarantineRow",
     "RawSnapshotRow",
     "RunRecord",
@@ -41,7 +47,8 @@ STORE_TABLES: tuple[str, ...] = (RAW_SNAPSHOTS, QUARANTINE, RUNS)
 # Tables that hold a partition per run: every result table, the raw payloads and the quarantine.
 RUN_TABLES: tuple[str, ...] = (*(t.value for t in ResultType), RAW_SNAPSHOTS, QUARANTINE)
 
-RUN_STATUSES = ("running", "finished", "failed")
+# "expired": retention removed the run's rows (its last record says how many rows and bytes, and when).
+RUN_STATUSES = ("running", "finished", "failed", "expired")
 
 
 class _Strict(pdr.DataFrameModel):
@@ -149,3 +156,31 @@ class AuditRecord(_Strict):
 
 
 AUDITS_SCHEMA: pa.Schema = model_arrow_schema(AuditRecord)
+
+
+# The lifecycle log: one row per backup, restore, retention pass, checksum verification and pin or
+# unpin, beside the runs registry (``{root}/{execution_mode}/lifecycle``). Small and append-only, so
+# neither partitioned nor keyed; retention reads the pins from it, `results-store lifecycle` shows it.
+LIFECYCLE = "lifecycle"
+LIFECYCLE_KINDS = ("backup", "restore", "retention", "verify", "pin", "unpin")
+LIFECYCLE_STATUSES = ("ok", "failed")
+
+
+class LifecycleRecord(_Strict):
+    """One backup, restore, retention pass, verification, or pin of a run: when, what, how much, the result."""
+
+    record_id: Series[str] = pdr.Field(description="one invocation (a backup's id names its manifest)")
+    kind: Series[str] = pdr.Field(isin=list(LIFECYCLE_KINDS))
+    execution_mode: Series[str]
+    run_id: Series[str] = pdr.Field(nullable=True, description="the run pinned or unpinned; null otherwise")
+    location: Series[str] = pdr.Field(nullable=True, description="the backup's URI (backup, restore)")
+    status: Series[str] = pdr.Field(isin=list(LIFECYCLE_STATUSES))
+    files: Series[np.int64] = pdr.Field(ge=0, description="files copied, restored, checked or removed")
+    bytes: Series[np.int64] = pdr.Field(ge=0, description="their bytes")
+    detail_json: Series[str] = pdr.Field(description="what was done, per table and run, and what went wrong, JSON")
+    started_at: Series[UtcMicros]
+    finished_at: Series[UtcMicros]
+    code_version: Series[str]
+
+
+LIFECYCLE_SCHEMA: pa.Schema = model_arrow_schema(LifecycleRecord)

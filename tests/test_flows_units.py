@@ -20,10 +20,10 @@ from prefect.utilities.callables import parameter_schema
 from results_store.allocators import ALLOCATOR_ENV
 from results_store.drive import run_snapshots
 from results_store.inbox import append_ledger, finished_files, mode_and_run, move_aside, read_ledger
-from results_store.maintenance import retention_plan
 from results_store.markdown import artifact_key, markdown_table
 from results_store.prefect_env import configure_prefect
 from results_store.rerun import lineage_report
+from results_store.retention import plan_retention
 from results_store.simulator.reference import ReferenceEngine
 from results_store.summary import RunSummary
 from schemas.errors import ComponentError
@@ -131,14 +131,13 @@ def test_retention_reads_the_registry_and_the_tables(tmp_path):
     engine = ReferenceEngine(mode, "2024-01-01", "2024-01-01 06:00", "1h")
     run_snapshots(mode, engine.iter_snapshots(), data_dir=tmp_path, run_id="r1")
 
-    assert retention_plan(tmp_path, "backtest", None)["runs_past_retention"] == []
+    assert plan_retention(tmp_path, "backtest").removals == []
     later = datetime.now(UTC) + timedelta(days=366)  # pure_lending keeps runs 365 days
-    plan = retention_plan(tmp_path, "backtest", None, now=later)
-    assert [c["run_id"] for c in plan["runs_past_retention"]] == ["r1"]
-    assert plan["runs_past_retention"][0]["partitions"]["raw_snapshots"] == 6
-    assert plan["deleted"] == [] and plan["dry_run"]
-    assert (tmp_path / "backtest" / "raw_snapshots").is_dir()  # a dry run deletes nothing
-    assert retention_plan(tmp_path, "backtest", 1, now=datetime.now(UTC) + timedelta(days=2))["runs_past_retention"]
+    plan = plan_retention(tmp_path, "backtest", now=later)
+    assert [r.run_id for r in plan.removals] == ["r1"]
+    assert plan.removals[0].rows["raw_snapshots"] == 6
+    assert (tmp_path / "backtest" / "raw_snapshots").is_dir()  # a plan deletes nothing
+    assert plan_retention(tmp_path, "backtest", retention_days=1, now=datetime.now(UTC) + timedelta(days=2)).removals
 
 
 # --------------------------------------------------------------------------------------------- Prefect set-up

@@ -128,20 +128,11 @@ def ingest(
 
 def _flow_call(name: str, data_dir: Path, **params: Any) -> dict[str, Any]:
     _prepare_prefect(data_dir)
-    from flows.backup import backup
-    from flows.checksum import checksum
     from flows.live_snapshots import live_snapshots
     from flows.rerun_results import rerun_results
-    from flows.retention import retention
-    from results_store.maintenance import ChecksumMismatch
 
-    flows: dict[str, Any] = {"rerun": rerun_results, "live": live_snapshots, "checksum": checksum, "backup": backup,
-                             "retention": retention}
-    try:
-        return _run(lambda: flows[name](data_dir=str(data_dir), **params))
-    except ChecksumMismatch as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    flows: dict[str, Any] = {"rerun": rerun_results, "live": live_snapshots}
+    return _run(lambda: flows[name](data_dir=str(data_dir), **params))
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -188,42 +179,9 @@ def live(
     _print_summary(summary, time.perf_counter() - started)
 
 
-def _print_report(result: dict[str, Any]) -> None:
-    caveats = result.pop("not_checked", None) or result.pop("not_done", None) or []
-    console.print_json(data=result, default=str)
-    for caveat in caveats:
-        console.print(f"[yellow]not covered yet:[/yellow] {caveat}")
-
-
-def backup(execution_mode: ExecutionMode = "backtest", data_dir: DataDir = ...) -> None:  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
-    """Report what a backup would copy (the copy itself comes later)."""
-    _print_report(_flow_call("backup", data_dir, execution_mode=execution_mode))
-
-
-def retention(
-    execution_mode: ExecutionMode = "backtest",
-    days: Annotated[int | None, typer.Option(help="retention window in days [default: each run's mode file]")] = None,
-    data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
-) -> None:
-    """List the run partitions past retention (dry run: nothing is deleted)."""
-    _print_report(_flow_call("retention", data_dir, execution_mode=execution_mode, retention_days=days))
-
-
-checksum_app = typer.Typer(help="Checksums of the stored snapshots.", no_args_is_help=True)
-
-
-@checksum_app.command("verify")
-def checksum_verify(execution_mode: ExecutionMode = "backtest", data_dir: DataDir = ...) -> None:  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
-    """Recompute every raw snapshot payload's sha256 and compare it with the stored one (exit 1 on a mismatch)."""
-    _print_report(_flow_call("checksum", data_dir, execution_mode=execution_mode))
-
-
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
     app.command()(backtest)
     app.command()(ingest)
     app.command()(rerun)
     app.command()(live)
-    app.command()(backup)
-    app.command()(retention)
-    app.add_typer(checksum_app, name="checksum")

@@ -6,7 +6,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from results_store.cli import commands_audit, commands_engine, commands_export, commands_flows, commands_store
+from results_store.cli import (
+    commands_audit,
+    commands_engine,
+    commands_export,
+    commands_flows,
+    commands_lifecycle,
+    commands_store,
+)
 from schemas.errors import ComponentError
 from schemas.modes import load_all_modes
 from schemas.result_types import ResultType
@@ -53,6 +60,7 @@ commands_engine.register(app)
 commands_store.register(app)
 commands_flows.register(app)
 commands_audit.register(app)
+commands_lifecycle.register(app)
 commands_export.register(app)
 
 

@@ -30,6 +30,7 @@ from results_store.reading import read_table, table_version
 from results_store.runs import latest_run
 from results_store.simulator.jsonl import write_jsonl
 from results_store.simulator.reference import ReferenceEngine
+from schemas.errors import ComponentError
 from schemas.modes import load_mode
 from schemas.result_types import ResultType
 
@@ -226,24 +227,34 @@ async def test_rerun_with_other_result_types_makes_new_versions_and_keeps_the_ol
     assert "parent `src`" in (await _artifacts("rerun-src-child"))["rerun-src-child"].data
 
 
-async def test_maintenance_flows_report_and_say_what_they_do_not_cover(tmp_path):
+async def test_the_nightly_lifecycle_flows_verify_back_up_and_keep_what_is_recent(tmp_path):
     await backtest_results(mode="pure_lending", run_id="m", start="2024-01-01", end="2024-01-02", freq="1h",
                            data_dir=str(tmp_path))
     verified = await checksum(data_dir=str(tmp_path))
-    assert verified["checked"] == 24 and verified["mismatches"] == [] and verified["not_checked"]
+    assert verified["backtest"]["ok"] and verified["backtest"]["files"] > 0 and verified["live"]["files"] == 0
+
+    copied = await backup(data_dir=str(tmp_path))
+    assert copied["backtest"]["ok"] and copied["backtest"]["copied_files"] == copied["backtest"]["files"]
+    assert (tmp_path.parent / f"{tmp_path.name}-backup" / "_backups" / "backtest").is_dir()
 
     audit = await audit_results(execution_modes=["backtest"], data_dir=str(tmp_path))
     assert audit["runs"] == {"m": "pass"}
 
     kept = await retention(data_dir=str(tmp_path))
-    assert kept["runs_past_retention"] == [] and kept["deleted"] == [] and kept["dry_run"]
-    plan = await backup(data_dir=str(tmp_path))
-    assert plan["tables"]["raw_snapshots"]["bytes"] > 0 and plan["not_done"]
+    assert kept["backtest"]["removals"] == [] and not kept["backtest"]["dry_run"]
 
-    reports = await _artifacts("checksum-backtest", "retention-backtest", "backup-backtest")
-    assert len(reports) == 3
-    assert all("## Not covered yet" in a.data for a in reports.values())
+    reports = await _artifacts("checksum", "backup", "retention")
+    assert "File checksums: passed" in reports["checksum"].data and "Backup: complete" in reports["backup"].data
     assert "1 passed" in (await _artifacts("audit-backtest"))["audit-backtest"].data
+
+    # A damaged file fails the checksum run, named in its artifact, after the artifact is published.
+    damaged = next((tmp_path / "backtest" / "pnl_attribution").glob("run_id=m/*.parquet"))
+    damaged.write_bytes(damaged.read_bytes()[:-8])
+    with pytest.raises(ComponentError) as failed:
+        await checksum(data_dir=str(tmp_path))
+    assert failed.value.error_code == "RST-005" and damaged.name in str(failed.value)
+    report = (await _artifacts("checksum"))["checksum"].data
+    assert "**FAILED**" in report and damaged.name in report and "truncated" in report
 
 
 def test_cli_backtest_and_rerun_print_the_run_summary(tmp_path):

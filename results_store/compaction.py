@@ -1,0 +1,121 @@
+"""When a run's files are compacted: a backtest once, at finalize; a live run by a policy.
+
+A live run commits a small file per table every collection (every minute, or every second for an
+engine that embeds the store). Compacting the whole partition after each commit, as the store once
+did, rewrote the day's data on every collection: quadratic writes, and a disk full of replaced
+files nothing vacuumed. The live policy (:class:`LiveCompaction`) instead:
+
+- **merges the appends** of a table once ``merge_files`` of them have piled up since the last merge
+  (``delta_tables.compact_run(select="appended")``, into a ``merged-…`` file): each row is rewritten
+  once more here, whatever the day's length;
+- **compacts the day** when the run's data rolls over into a new UTC day
+  (``select="uncompacted"``, into one ``compacted-…`` file per day): a second rewrite.
+
+A run that ends with its day (the every-minute deployment names one run per UTC day) never sees
+the roll-over itself: the nightly retention compacts live runs whose last day is over
+(:func:`finished_live_days`). The replaced files are removed by the nightly vacuum
+(``results_store.retention``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from results_store import delta_tables
+from schemas.modes import Compression
+from schemas.store_tables import RAW_SNAPSHOTS
+
+__all__ = ["LIVE_MERGE_FILES", "LiveCompaction", "is_append", "last_timestamp_us", "run_last_day"]
+
+# Appended files per table after which a live run's appends are merged. A day of one-minute
+# collections is then 45 merges of 32 files (each row rewritten once), and a reader of the day opens
+# at most ~45 + 31 files before the day's compaction.
+LIVE_MERGE_FILES = 32
+
+
+def is_append(file: Path | str) -> bool:
+    """Whether a data file is an append (not the output of a merge or a compaction)."""
+    name = Path(file).name
+    return not name.startswith((delta_tables.MERGED_PREFIX, delta_tables.COMPACTED_PREFIX))
+
+
+def _day(micros: int) -> date:
+    return datetime.fromtimestamp(micros / 1e6, UTC).date()
+
+
+def run_last_day(path: Path, run_id: str) -> date | None:
+    """The UTC day of the newest timestamp of ``run_id`` in the table at ``path`` (from file statistics)."""
+    if not delta_tables.table_exists(path):
+        return None
+    files = delta_tables.table_files(path).runs([run_id])[0][1]
+    newest = [f.max_timestamp_us for f in files if f.max_timestamp_us is not None]
+    return _day(max(newest)) if newest else None
+
+
+@dataclass
+class LiveCompaction:
+    """The compaction policy of one live run, told of each commit (see the module docstring)."""
+
+    table_paths: dict[str, Path]
+    run_id: str
+    compression: Compression = "zstd"
+    merge_files: int = LIVE_MERGE_FILES
+    appended: dict[str, int] = field(default_factory=dict)
+    day: date | None = None
+    started: bool = False
+    done: list[dict[str, Any]] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Count each table's appends since its last merge, and find the run's current day."""
+        for name, path in self.table_paths.items():
+            if delta_tables.table_exists(path):
+                files = delta_tables.table_files(path).runs([self.run_id])[0][1]
+                self.appended[name] = sum(1 for f in files if is_append(f.path))
+        raw = self.table_paths.get(RAW_SNAPSHOTS)
+        self.day = run_last_day(raw, self.run_id) if raw is not None else None
+        self.started = True
+
+    def after_commit(self, committed: Iterable[str], last_timestamp_us: int | None) -> list[dict[str, Any]]:
+        """Compact what the policy says after a commit of ``committed`` tables; returns what it did."""
+        if not self.started:
+            self.start()
+        day = _day(last_timestamp_us) if last_timestamp_us is not None else None
+        actions: list[dict[str, Any]] = []
+        if day is not None and self.day is not None and day > self.day:
+            # The run's data rolled over into a new UTC day: the days before are final, compact them.
+            midnight = int(datetime.combine(day, time.min, UTC).timestamp() * 1_000_000)
+            for name, path in self.table_paths.items():
+                result = delta_tables.compact_run(path, self.run_id, compression=self.compression, select="uncompacted",
+                                                  before_us=midnight)
+                self.appended[name] = 1 if name in committed else 0
+                if result.get("numFilesRemoved"):
+                    actions.append({"table": name, "step": "day", "day": self.day.isoformat(), **result})
+        else:
+            for name in committed:
+                self.appended[name] = self.appended.get(name, 0) + 1
+                if self.appended[name] < self.merge_files:
+                    continue
+                result = delta_tables.compact_run(self.table_paths[name], self.run_id, compression=self.compression,
+                                                  select="appended", output="merged", min_files=self.merge_files)
+                self.appended[name] = 0
+                if result.get("numFilesRemoved"):
+                    actions.append({"table": name, "step": "merge", **result})
+        if day is not None:
+            self.day = max(day, self.day) if self.day is not None else day
+        self.done.extend(actions)
+        return actions
+
+
+def last_timestamp_us(table: pa.Table | None) -> int | None:
+    """The newest ``timestamp`` of a batch's table in µs since the epoch (None: no rows)."""
+    if table is None or not table.num_rows or "timestamp" not in table.column_names:
+        return None
+    newest = pc.max(table.column("timestamp").cast(pa.timestamp("us", "UTC")).cast(pa.int64())).as_py()
+    return None if newest is None else int(newest)
