@@ -5,11 +5,13 @@ Registered by default:
 - ``payload_sha256``: every raw snapshot payload hashed again and compared with the sha256 stored
   beside it when it was written (the checksum that exists today);
 - ``data_files``: every data file of the run's partitions exists and has the size the Delta log
-  records for it (a truncated, missing or overwritten file).
+  records for it (a truncated, missing or overwritten file);
+- ``file_sha256``: every file of the run against the sha256 the lifecycle's checksum manifest
+  recorded when it was written (``results_store.checksums``, what ``results-store checksum verify``
+  checks), so a flipped byte is found even where the data still decodes.
 
 Data that cannot be decoded at all surfaces during the audit's pass and is reported against its
-table there. The file checksums the lifecycle work records (a manifest, or the add actions' tags)
-plug in with :func:`register_integrity_check`, beside or instead of these.
+table there. Other checks plug in with :func:`register_integrity_check`.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from results_store import delta_tables, error_map
+from results_store import checksums, delta_tables, error_map
 from results_store.audit_checks import Finding, Issue, RunContext, read_errors
 from schemas.store_tables import RAW_SNAPSHOTS
 
-__all__ = ["IntegrityCheck", "data_files", "integrity_checks", "payload_checksums", "register_integrity_check"]
+__all__ = ["IntegrityCheck", "data_files", "file_checksums", "integrity_checks", "payload_checksums",
+           "register_integrity_check"]
 
 IntegrityCheck = Callable[[RunContext], list[Finding]]
 _CHECKS: dict[str, IntegrityCheck] = {}
@@ -111,5 +114,36 @@ def data_files(ctx: RunContext) -> list[Finding]:
     return findings
 
 
+def file_checksums(ctx: RunContext) -> list[Finding]:
+    """The run's files against the sha256 the lifecycle's checksum manifest recorded when they were written.
+
+    ``results_store.checksums.verify_table`` restricted to the run: every data file of the run (and
+    the log entries of its commits) must be on disk with its recorded size and sha256. A table with
+    no manifest at all (written before checksums were recorded) is noted, not failed: ``results-store
+    checksum adopt`` records its files as they are.
+    """
+    findings = []
+    unrecorded = []
+    for name in [RAW_SNAPSHOTS, *(t.value for t in ctx.enabled())]:
+        table_dir = ctx.path(name)
+        if not delta_tables.table_exists(table_dir):
+            continue
+        if not (table_dir / checksums.MANIFEST_DIR).is_dir():
+            unrecorded.append(name)
+            continue
+        report = checksums.verify_table(ctx.root, ctx.execution_mode, name, run_id=ctx.run_id)
+        for problem in report.problems:
+            findings.append(Finding("integrity", "fail", name, None, None,
+                                    f"{name}: {problem.kind} file {problem.path} is {problem.problem} (versions "
+                                    f"{problem.versions}): {problem.detail}",
+                                    {"path": problem.path, "problem": problem.problem, "versions": problem.versions}))
+    if unrecorded:
+        findings.append(Finding("integrity", "warn", ", ".join(unrecorded), None, None,
+                                f"{', '.join(unrecorded)}: no file checksums recorded (written before checksums; "
+                                "`results-store checksum adopt` records them)"))
+    return findings
+
+
 register_integrity_check("payload_sha256", payload_checksums)
 register_integrity_check("data_files", data_files)
+register_integrity_check("file_sha256", file_checksums)
