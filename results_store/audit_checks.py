@@ -46,6 +46,7 @@ from schemas.tables import SPARSE_TABLES, arrow_schema, key_columns
 __all__ = [
     "CHECKS",
     "DEFAULT_WINDOW",
+    "READ_ERRORS",
     "CheckResult",
     "Finding",
     "Findings",
@@ -53,7 +54,6 @@ __all__ = [
     "RunContext",
     "Status",
     "delta_legs",
-    "read_errors",
     "run_pass",
     "worst",
 ]
@@ -94,7 +94,7 @@ _RULE_TEXT = re.compile(r"rule '[^']*' \((.*)\) failed")  # and its error messag
 _BINCOUNT_LIMIT = 1 << 24                                 # largest key space counted with bincount, not a sort
 
 # What reading a damaged file raises; anything else is a bug and propagates.
-read_errors: tuple[type[BaseException], ...] = (OSError, pa.ArrowException)
+READ_ERRORS: tuple[type[BaseException], ...] = (OSError, pa.ArrowException)
 
 
 def worst(statuses: Iterable[Status]) -> Status:
@@ -532,11 +532,11 @@ class _RunPass:
                 # checks compare codes, and only validation turns them into strings.
                 names = [f.name for f in arrow_schema(name) if pa.types.is_string(f.type) and f.name not in _FREE_TEXT]
                 self.streams[name] = _TableStream(files, self.ctx.run_id, arrow_schema(name), dictionary=names)
-            except read_errors as exc:  # a file whose footer cannot be read
+            except READ_ERRORS as exc:  # a file whose footer cannot be read
                 self._unreadable(name, None, None, exc)
         self._quarantine()
-        source = RAW_SNAPSHOTS if self.streams.get(RAW_SNAPSHOTS, None) and self.streams[RAW_SNAPSHOTS].total_rows \
-            else next((n for n, s in self.streams.items() if s.total_rows), None)
+        # raw_snapshots decides which timesteps the run has; without it, the first table that has rows.
+        source = next((n for n, stream in self.streams.items() if stream.total_rows), None)
         if source is None:
             self.out.add(Finding("completeness.coverage", "fail", RAW_SNAPSHOTS, None, None,
                                  f"{RAW_SNAPSHOTS}: the run has no rows in any table"))
@@ -572,13 +572,16 @@ class _RunPass:
         dataset = delta_tables.run_dataset(path, self.ctx.run_id)
         counts: dict[tuple[str, str, str], int] = {}
         steps: dict[str, list[np.ndarray]] = {}
-        try:
-            batches = list(dataset.to_batches(columns=["timestep", "result_type", "rule", "error_code"],
-                                              batch_readahead=1, fragment_readahead=1))
-        except read_errors as exc:
-            self._unreadable(QUARANTINE, None, None, exc)
-            return
-        for batch in batches:
+        batches = dataset.to_batches(columns=["timestep", "result_type", "rule", "error_code"], batch_readahead=1,
+                                     fragment_readahead=1)
+        while True:
+            try:
+                batch = next(batches, None)
+            except READ_ERRORS as exc:
+                self._unreadable(QUARANTINE, None, None, exc)
+                return
+            if batch is None:
+                break
             table = pa.Table.from_batches([batch])
             grouped = table.group_by(["result_type", "rule", "error_code"]).aggregate([("timestep", "count")])
             for row in grouped.to_pylist():
@@ -633,7 +636,7 @@ class _RunPass:
                 continue
             try:
                 loaded[name] = stream.take(lo, hi)
-            except read_errors as exc:
+            except READ_ERRORS as exc:
                 loaded[name] = exc
         return loaded
 
@@ -875,7 +878,7 @@ class _RunPass:
                 continue
             try:
                 rest = stream.rest()
-            except read_errors as exc:
+            except READ_ERRORS as exc:
                 self._unreadable(name, None, None, exc)
                 continue
             if rest.num_rows:
@@ -1152,7 +1155,7 @@ class _RunPass:
         try:
             table = self.raw.to_table(columns=["timestep", "payload"],
                                       filter=pc.field("timestep").isin(pa.array(steps, pa.int64())))
-        except read_errors as exc:
+        except READ_ERRORS as exc:
             self._unreadable(RAW_SNAPSHOTS, int(steps[0]), int(steps[-1]), exc)
             return {}
         found: dict[int, bool] = {int(s): False for s in steps}

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from results_store import checksums, delta_tables, error_map
-from results_store.audit_checks import Finding, Issue, RunContext, read_errors
+from results_store.audit_checks import READ_ERRORS, Finding, Issue, RunContext
 from schemas.store_tables import RAW_SNAPSHOTS
 
 __all__ = ["IntegrityCheck", "data_files", "file_checksums", "integrity_checks", "payload_checksums",
@@ -66,7 +66,7 @@ def payload_checksums(ctx: RunContext) -> list[Finding]:
                 for batch in file.iter_batches(batch_size=4_096, columns=["timestep", "payload", "payload_sha256"],
                                                use_threads=False):
                     _check_batch(batch, issue, sha256)
-    except read_errors as exc:
+    except READ_ERRORS as exc:
         if error_map.is_transient(exc):
             raise error_map.map_error(exc, "read raw_snapshots", path) from exc
         return [Finding("integrity", "fail", RAW_SNAPSHOTS, None, None,

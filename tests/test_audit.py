@@ -100,10 +100,14 @@ def duplicate_a_risk_row(t: pa.Table) -> pa.Table:
     return pa.concat_tables([t, t.filter(pa.array(rows_where(t, timestep=100, metric="current_ratio")))])
 
 
-def finding(audit: object, check: str, table: str) -> object:
-    found = [f for f in audit.checks[check].findings if f.table == table and f.status == "fail"]  # type: ignore[attr-defined]
-    assert found, f"no {check} finding on {table}: {failures(audit)}"
+def finding_of(audit: object, check: str, table: str, status: str) -> object:
+    found = [f for f in audit.checks[check].findings if f.table == table and f.status == status]  # type: ignore[attr-defined]
+    assert found, f"no {status} {check} finding on {table}: {failures(audit)}"
     return found[0]
+
+
+def finding(audit: object, check: str, table: str) -> object:
+    return finding_of(audit, check, table, "fail")
 
 
 # -------------------------------------------------------------------------------- clean runs pass
@@ -315,6 +319,23 @@ def test_a_defect_on_a_window_edge_is_found_by_the_carried_over_checks(data: Pat
     steps = {(f.first_timestep, f.last_timestep) for f in audit.checks["reconciliation.pnl"].findings
              if "change in sum" in f.message}
     assert steps == {(128, 129)}  # 128 against 127 (the previous window's), 129 against 128
+
+
+def test_quarantined_rows_are_reported_as_warnings_and_explain_their_gaps(tmp_path: Path) -> None:
+    mode = load_mode("pure_lending")
+    snapshots = list(ReferenceEngine(mode, "2024-01-01", "2024-01-01 04:00", "5min", seed=1).iter_snapshots())
+    del snapshots[10][1]["pnl_calculator"]["balance_based"]  # breaks the contract: the whole snapshot (RST-101)
+    snapshots[20][1]["position_monitor"]["wallet"]["USDT"] = -1.0  # breaks a rule: that balance row (RST-102)
+    run_snapshots(mode, snapshots, data_dir=tmp_path, run_id="q")
+
+    audit = audit_run(tmp_path, "backtest", "q")
+
+    assert audit.status == "warn", failures(audit)
+    quarantine = {f.message for f in audit.checks["completeness.quarantine"].findings}
+    assert quarantine == {"snapshot: 1 rows quarantined by rule 'snapshot_contract' (RST-101)",
+                          "balance_sheet: 1 rows quarantined by rule 'non_negative_balance' (RST-102)"}
+    gap = finding_of(audit, "completeness.gaps", "raw_snapshots", "warn")
+    assert gap.message == "raw_snapshots: missing at timestep 10: the snapshots were quarantined (RST-101)"
 
 
 # -------------------------------------------------------------------------------- reports, history, selection
