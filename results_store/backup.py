@@ -104,8 +104,13 @@ class _Target:
                 size += len(chunk)
         return size, digest.hexdigest()
 
-    def put(self, rel: str, source: Path) -> tuple[int, str]:
-        """Copy a local file here, hashing it on the way; (size, sha256) of what was read."""
+    def put(self, rel: str, source: Path, expected_sha: str) -> tuple[int, str]:
+        """Copy a local file here, hashing it on the way; (size, sha256) of what was read.
+
+        What does not hash to ``expected_sha`` (a file damaged on disk) never takes the place of a copy:
+        a local copy is written under a temporary name and moved only once it hashes right; an object
+        is deleted again (object stores show an object only once it is whole).
+        """
         digest = hashlib.sha256()
         size = 0
         final = self.path(rel)
@@ -118,10 +123,14 @@ class _Target:
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
+            if digest.hexdigest() != expected_sha:
+                raise ComponentError("RST-005", f"sha256 {digest.hexdigest()[:12]}… of the file on disk != recorded "
+                                     f"{expected_sha[:12]}…: the source is damaged (restore it); not backed up",
+                                     details={"path": str(source)})
             if self.local:
                 self.fs.move(written, final)
         except BaseException:
-            if self.local and self.fs.get_file_info(written).type == pafs.FileType.File:
+            if self.fs.get_file_info(written).type == pafs.FileType.File:
                 self.fs.delete_file(written)
             raise
         return size, digest.hexdigest()
@@ -150,6 +159,13 @@ class _Target:
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as stream:
             return bytes(stream.read())
+
+    def sizes(self, rel: str) -> dict[str, int]:
+        """Every file under ``rel`` with its size, in one listing (one request on object storage)."""
+        selector = pafs.FileSelector(self.path(rel), allow_not_found=True, recursive=True)
+        base = self.base.rstrip("/") + "/"
+        return {info.path.removeprefix(base): int(info.size or 0) for info in self.fs.get_file_info(selector)
+                if info.type == pafs.FileType.File}
 
     def list(self, rel: str) -> list[str]:
         selector = pafs.FileSelector(self.path(rel), allow_not_found=True)
@@ -281,7 +297,11 @@ def backup(root: Path, execution_mode: str, uri: str, *, verify_copies: bool = T
     target = _Target(uri)
     result = BackupResult(backup_id, execution_mode, uri)
     previous = latest_backup(uri, execution_mode)
-    known = previous.files if previous is not None else {}
+    # A file the last complete backup holds is skipped only if the target still has it at that size:
+    # a copy lost since is copied again (one listing, not a request per file).
+    present = target.sizes(execution_mode) if previous is not None else {}
+    known = {rel: entry for rel, entry in (previous.files if previous is not None else {}).items()
+             if present.get(rel) == int(entry["size"])}
     files: dict[str, dict[str, Any]] = {}
     mode_dir = Path(root) / execution_mode
     for table in checksums.list_tables(root, execution_mode):
@@ -349,10 +369,7 @@ def _copy_one(target: _Target, rel: str, source: Path, sha: str, kind: str, veri
         if target.size(rel) == size and target.hash(rel) == (size, sha):
             result.reused_files += 1  # left by a backup that did not complete, and intact
             return {"size": size, "sha256": sha, "kind": kind}
-        copied_size, copied_sha = target.put(rel, source)
-        if copied_sha != sha:
-            raise ComponentError("RST-005", f"sha256 {copied_sha[:12]}… of the file on disk != recorded {sha[:12]}…: "
-                                 "the source is damaged (restore it); not backed up", details={"path": str(source)})
+        copied_size, copied_sha = target.put(rel, source, sha)
         if verify_copies and target.hash(rel) != (copied_size, copied_sha):
             raise ComponentError("RST-005", "the copy read back does not hash as the file copied",
                                  details={"path": rel})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import threading
 import uuid
 from collections import OrderedDict
@@ -240,18 +241,11 @@ def _write_partition_file(path: Path, data: pa.Table, run_id: str, compression: 
         file.unlink(missing_ok=True)
         raise
     stat = file.stat()
-    stats: dict[str, Any] = {"numRecords": data.num_rows}
-    # Each file's timestep and timestamp range: queries prune by them, and retention and the live
-    # compaction policy read a run's time span from them without opening a file.
-    tracked = [n for n in ("timestep", "timestamp") if n in data.column_names and data[n].null_count < data.num_rows]
-    if data.num_rows and tracked:
-        ranges = {n: pc.min_max(data[n]).values() for n in tracked}
-        stats.update(minValues={n: _stat(low) for n, (low, _) in ranges.items()},
-                     maxValues={n: _stat(high) for n, (_, high) in ranges.items()},
-                     nullCount={n: data[n].null_count for n in tracked})
+    stats = _Stats(data.schema)
+    stats.add(data)
     # delta-rs takes the path as it is written on disk (the run id percent-encoded, as Hive does).
     return AddAction(f"{directory}/{name}", stat.st_size, {PARTITION_COLUMN: run_id},
-                     int(stat.st_mtime * 1000), True, json.dumps(stats))
+                     int(stat.st_mtime * 1000), True, json.dumps(stats.to_json()))
 
 
 def overwrite_run(
@@ -458,28 +452,14 @@ class _StatsWriter:
         self.sink = pa.OSFile(str(self.file), "wb")
         self.writer = pq.ParquetWriter(self.sink, schema, compression=codec, write_page_checksum=PAGE_CHECKSUMS,
                                        write_page_index=True)
-        self.rows = 0
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
-        self.low: dict[str, Any] = {}
-        self.high: dict[str, Any] = {}
-        self.nulls: dict[str, int] = {}
-        self.tracked = [n for n in ("timestep", "timestamp") if n in schema.names]
+        self.stats = _Stats(schema)
 
     def write(self, part: pa.Table) -> None:
-        for name in self.tracked:
-            column = part.column(name)
-            self.nulls[name] = self.nulls.get(name, 0) + column.null_count
-            if column.null_count == len(column):
-                continue
-            low, high = pc.min_max(column).values()
-            if name not in self.low or low.as_py() < self.low[name].as_py():
-                self.low[name] = low
-            if name not in self.high or high.as_py() > self.high[name].as_py():
-                self.high[name] = high
+        self.stats.add(part)
         self.pending.append(part)
         self.pending_rows += part.num_rows
-        self.rows += part.num_rows
         if self.pending_rows >= ROW_GROUP_ROWS:
             self._flush()
 
@@ -495,14 +475,9 @@ class _StatsWriter:
         self._flush()
         self.writer.close()
         self.sink.close()
-        stats: dict[str, Any] = {"numRecords": self.rows}
-        if self.low:
-            stats.update(minValues={k: _stat(v) for k, v in self.low.items()},
-                         maxValues={k: _stat(v) for k, v in self.high.items()},
-                         nullCount={k: self.nulls.get(k, 0) for k in self.tracked})
         stat = self.file.stat()
         return AddAction(self.rel, stat.st_size, {PARTITION_COLUMN: run_id}, int(stat.st_mtime * 1000), False,
-                         json.dumps(stats))
+                         json.dumps(self.stats.to_json()))
 
     def abandon(self) -> None:
         with contextlib.suppress(Exception):
@@ -511,9 +486,69 @@ class _StatsWriter:
         self.file.unlink(missing_ok=True)
 
 
-def _stat(value: pa.Scalar) -> Any:
-    """A min/max value as Delta statistics spell it (timestamps as ISO 8601 UTC with 'Z')."""
-    return _delta_time(value) if pa.types.is_timestamp(value.type) else value.as_py()
+# Longer strings are cut in the statistics (a JSON payload would otherwise be copied into the log
+# twice per file): the minimum as its prefix, the maximum as its prefix and U+10FFFF, still bounds.
+STATS_STRING_CHARS = 64
+
+
+class _Stats:
+    """Delta file statistics (records; min, max and nulls of every column), gathered batch by batch.
+
+    Every column gets its min and max, or none does: delta-rs turns a column missing from
+    ``minValues`` into a pyarrow guarantee ``col >= null``, which drops the file from any scan
+    filtered on that column (a quarantine read by ``result_type`` found nothing in files whose
+    statistics covered only ``timestep``). A column that cannot have them (a nested type, a
+    non-finite float) therefore leaves the file with its record count only: never pruned, never lost.
+    """
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.names = [f.name for f in schema if f.name != PARTITION_COLUMN]
+        self.usable = all(_statable(schema.field(n).type) for n in self.names)
+        self.rows = 0
+        self.low: dict[str, Any] = {}
+        self.high: dict[str, Any] = {}
+        self.nulls: dict[str, int] = dict.fromkeys(self.names, 0)
+
+    def add(self, data: pa.Table) -> None:
+        self.rows += data.num_rows
+        if not data.num_rows:
+            return
+        for name in self.names:
+            column = data.column(name)
+            self.nulls[name] += column.null_count
+            if not self.usable or column.null_count == len(column):
+                continue
+            low, high = (v.as_py() for v in pc.min_max(column).values())
+            if isinstance(low, float) and not (math.isfinite(low) and math.isfinite(high)):
+                self.usable = False
+                continue
+            if name not in self.low or low < self.low[name]:
+                self.low[name] = low
+            if name not in self.high or high > self.high[name]:
+                self.high[name] = high
+
+    def to_json(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {"numRecords": self.rows}
+        if self.usable and self.rows:
+            stats.update(minValues={k: _stat(v, upper=False) for k, v in self.low.items()},
+                         maxValues={k: _stat(v, upper=True) for k, v in self.high.items()},
+                         nullCount=self.nulls)
+        return stats
+
+
+def _statable(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+                or pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_timestamp(kind)
+                or pa.types.is_date(kind))
+
+
+def _stat(value: Any, *, upper: bool) -> Any:
+    """A min/max value as Delta statistics spell it: timestamps as ISO 8601 UTC with 'Z', long strings cut."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, str) and len(value) > STATS_STRING_CHARS:
+        return value[:STATS_STRING_CHARS] + ("\U0010ffff" if upper else "")
+    return value
 
 
 def _commit_replacement(table: DeltaTable, path: Path, run_id: str, adds: Sequence[AddAction],
@@ -723,15 +758,15 @@ def compact_run_sorted(
         name = f"part-00000-{uuid.uuid4()}-c000.{compression}.parquet"
         target = path / directory / name
         file_schema = pa.schema([f for f in listed.schema if f.name != PARTITION_COLUMN])
-        rows, low, high = 0, None, None
+        rows = 0
+        stats = _Stats(file_schema)
         pending: list[pa.Table] = []
         pending_rows = 0
         with pq.ParquetWriter(target, file_schema, compression="none" if compression == "uncompressed" else compression,
                               write_page_index=True, write_page_checksum=PAGE_CHECKSUMS) as writer:
             for window in read_ordered([(run_id, files)], listed.schema, order_by=order_by):
                 part = window.drop_columns([PARTITION_COLUMN])
-                low = low if low is not None else _first(part)
-                high = _last(part)
+                stats.add(part)
                 rows += part.num_rows
                 pending.append(part)
                 pending_rows += part.num_rows
@@ -743,14 +778,9 @@ def compact_run_sorted(
                     pending, pending_rows = [merged.slice(cut)], pending_rows - cut
             if pending_rows:
                 writer.write_table(pa.concat_tables(pending), row_group_size=row_group_rows)
-        stats: dict[str, Any] = {"numRecords": rows}
-        if low is not None and high is not None:
-            stats.update(minValues={"timestep": low[0], "timestamp": low[1]},
-                         maxValues={"timestep": high[0], "timestamp": high[1]},
-                         nullCount={"timestep": 0, "timestamp": 0})
         stat = target.stat()
         add = AddAction(f"{directory}/{name}", stat.st_size, {PARTITION_COLUMN: run_id}, int(stat.st_mtime * 1000),
-                        False, json.dumps(stats))
+                        False, json.dumps(stats.to_json()))
         _commit_replacement(table, path, run_id, [add], files, step="compact_sorted")
         return {"numFilesAdded": 1, "numFilesRemoved": len(files), "rows": rows}
 
@@ -759,20 +789,6 @@ def _already_sorted(file: DataFile) -> bool:
     """A file whose row groups follow each other in timestep order (the store's appends, a sorted compaction)."""
     index = file_index(file)
     return bool((index.step_min[1:] >= index.step_max[:-1]).all())
-
-
-def _first(part: pa.Table) -> tuple[int, str]:
-    return int(part.column("timestep")[0].as_py()), _delta_time(part.column("timestamp")[0])
-
-
-def _last(part: pa.Table) -> tuple[int, str]:
-    return int(part.column("timestep")[-1].as_py()), _delta_time(part.column("timestamp")[-1])
-
-
-def _delta_time(value: pa.Scalar) -> str:
-    """A timestamp as Delta statistics spell it (ISO 8601, UTC, 'Z')."""
-    moment: datetime = value.cast(pa.timestamp("us", "UTC")).as_py()
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # Streaming reads for the audit: a run's partition scanned window by window, never read whole.
