@@ -254,9 +254,9 @@ def _removal(execution_mode: str, record: dict[str, Any], cutoff: datetime, days
                           rows={n: sum(f.num_records or 0 for f in fs) for n, fs in files.items() if fs},
                           files=sum(len(fs) for fs in files.values()),
                           bytes=sum(f.size_bytes for fs in files.values() for f in fs), cutoff=cutoff.isoformat())
-    # Live: by timestamp. Each file's time span is in its statistics.
+    # Live: by timestamp. Each file's time span is in its statistics (a file of no rows has none, and no rows).
     cutoff_us = int(cutoff.timestamp() * 1_000_000)
-    spans = [(f.min_timestamp_us, f.max_timestamp_us) for fs in files.values() for f in fs]
+    spans = [(f.min_timestamp_us, f.max_timestamp_us) for fs in files.values() for f in fs if f.num_records != 0]
     if not spans:
         return None
     if all(hi is not None and hi < cutoff_us for _, hi in spans):
