@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from results_store.store import ResultsStore
+from schemas.identifiers import validate_run_id
 from schemas.modes import ModeName, load_mode
 from schemas.settings import load_settings, resolve_data_dir
 from tasks.artifacts import publish_run_summary
@@ -54,8 +55,9 @@ async def backtest_results(
         batch_size: timesteps per commit. Default: RESULTS_STORE_BACKTEST_BATCH_SIZE (20,000).
     """
     logger = get_run_logger()
+    # Before any work: "" is refused too (it is not "no run id"), as are ids that are unsafe on disk.
+    run_id = validate_run_id(run_id) if run_id is not None else ResultsStore.new_run_id(mode)
     root = resolve_data_dir(data_dir)
-    run_id = run_id or ResultsStore.new_run_id(mode)
     summary = await store_snapshots(mode, run_id, root, snapshot_file=snapshot_file, start=start, end=end,
                                     freq=freq, seed=seed, strict=strict, batch_size=batch_size)
     await publish_run_summary(summary)

@@ -24,6 +24,7 @@ from prefect.runtime import flow_run
 from results_store.live_sources import REFERENCE_SOURCE, load_live_source
 from results_store.simulator.live_source import LiveSource, ReferenceLiveSource
 from results_store.utc import to_utc
+from schemas.identifiers import validate_run_id
 from schemas.modes import ModeName, load_mode
 from tasks.artifacts import publish_run_summary
 from tasks.store import collect_live
@@ -64,6 +65,8 @@ async def live_snapshots(
             reference source, anchor, freq and seed are used when this is empty.
     """
     logger = get_run_logger()
+    if run_id is not None:  # before any work: "" is refused too (it is not "no run id")
+        validate_run_id(run_id)
     now_ts = to_utc(now) if now is not None else pd.Timestamp(datetime.now(UTC))
     anchor_ts = to_utc(anchor) if anchor is not None else now_ts.floor("1D")
     run_id = run_id or f"live-{mode}-{anchor_ts:%Y%m%d}"

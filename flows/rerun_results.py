@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 
 from results_store.rerun import lineage_report
 from results_store.runs import latest_run
+from schemas.identifiers import validate_run_id
 from schemas.modes import ExecutionMode
 from schemas.result_types import ResultType
 from schemas.settings import resolve_data_dir
@@ -69,6 +70,10 @@ async def rerun_results(
         data_dir: root of the tables. Default: BASIS_DATA_DIR, else ./data (relative to the worker).
     """
     logger = get_run_logger()
+    # Before any work, both ids: a bad new_run_id used to fail only once the rerun was under way.
+    validate_run_id(run_id)
+    if new_run_id is not None:
+        validate_run_id(new_run_id)
     root = resolve_data_dir(data_dir)
     requested: dict[str, Any] = {
         "result_types": [ResultType(t).value for t in result_types] if result_types is not None else None,

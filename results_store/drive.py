@@ -39,6 +39,7 @@ __all__ = [
     "report_progress",
     "run_snapshots",
     "run_snapshots_async",
+    "stored_timesteps",
 ]
 
 Snapshots = Iterable[tuple[Any, dict[str, Any]]]
@@ -46,9 +47,14 @@ Snapshots = Iterable[tuple[Any, dict[str, Any]]]
 
 @dataclass(frozen=True)
 class ProgressHooks:
-    """Callbacks for a progress display: ``total(n)`` once the length is known, ``advance(n)`` as it goes."""
+    """Callbacks for a progress display: ``total(n)`` once the length is known, ``stored(n)`` as it goes.
 
-    advance: Callable[[int], None]
+    ``stored`` is given the run's timesteps in the tables so far (absolute, not an increment), from
+    the store's own count: a retried attempt starts a new store, which counts what the failed one
+    committed once (skipped as committed), so a display set from it never passes the total.
+    """
+
+    stored: Callable[[int], None]
     total: Callable[[int], None]
 
 
@@ -58,9 +64,9 @@ _progress: ContextVar[ProgressHooks | None] = ContextVar("backtest_progress", de
 
 
 @contextmanager
-def report_progress(advance: Callable[[int], None], total: Callable[[int], None]) -> Iterator[None]:
+def report_progress(stored: Callable[[int], None], total: Callable[[int], None]) -> Iterator[None]:
     """Within this block, backtests started from this context report their progress to these hooks."""
-    token = _progress.set(ProgressHooks(advance, total))
+    token = _progress.set(ProgressHooks(stored, total))
     try:
         yield
     finally:
@@ -121,19 +127,30 @@ async def collect_pending(store: ResultsStore, source: LiveSource, now: datetime
     return committed, replayed_up_to, fed
 
 
+def stored_timesteps(store: ResultsStore) -> int:
+    """The run's timesteps in the tables, as far as this store knows: committed before it started
+    (and skipped) plus committed by it. Not what was fed: that counts a retried attempt's timesteps twice."""
+    stats = store.get_storage_stats()
+    return int(stats["timesteps_skipped"]) + int(stats["timesteps_written"])
+
+
 async def feed(store: ResultsStore, snapshots: Iterable[tuple[Any, dict[str, Any]]],
                progress: Callable[[int], None] | None = None, every: int = 1_000) -> int:
-    """Await ``store_timestep_results`` for each snapshot, in order; returns how many were fed."""
+    """Await ``store_timestep_results`` for each snapshot, in order; returns how many were fed.
+
+    Every ``every`` snapshots, ``progress`` is given :func:`stored_timesteps` (the last commit comes
+    when the store stops, after this returns: the caller reports the final count from the summary).
+    """
     count = 0
     put = store.store_timestep_results
     for timestamp, results in snapshots:
         await put(timestamp, results)
         count += 1
         if progress is not None and count % every == 0:
-            progress(every)
             await asyncio.sleep(0)  # let the worker run so the progress bar tracks commits
+            progress(stored_timesteps(store))
     if progress is not None:
-        progress(count % every)
+        progress(stored_timesteps(store))
     return count
 
 

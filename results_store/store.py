@@ -43,6 +43,7 @@ from results_store.run_lock import RunLock
 from results_store.runs import append_run_record, input_differences, latest_run
 from results_store.summary import RunSummary
 from schemas.errors import ComponentError
+from schemas.identifiers import validate_run_id
 from schemas.modes import ModeConfig, config_hash
 from schemas.settings import StoreSettings, load_settings
 from schemas.snapshot import (
@@ -106,8 +107,8 @@ class ResultsStore:
     ) -> None:
         if execution_mode not in ("backtest", "live"):
             raise ComponentError("RST-201", f"execution_mode must be 'backtest' or 'live', got {execution_mode!r}")
-        if not run_id or "'" in run_id or "/" in run_id:
-            raise ComponentError("RST-201", f"run_id must be non-empty without quotes or slashes, got {run_id!r}")
+        # A run id becomes a directory and a partition value: refused before anything touches the disk.
+        validate_run_id(run_id)
         self.config = config
         self.execution_mode = execution_mode
         self.run_id = run_id
@@ -117,7 +118,9 @@ class ResultsStore:
         self.root = self.settings.root
         self._live = execution_mode == "live"
         with storage_errors("open the event log", self.settings.data_dir):
-            self.event_log = event_logger or EventLog(self.settings.data_dir, buffered=not self._live)
+            # BASIS_LOG_LEVEL (or the mode file's log_level) sets what is written; every event names the run.
+            self.event_log = event_logger or EventLog(self.settings.data_dir, buffered=not self._live,
+                                                      level=self.settings.log_level, correlation_id=run_id)
         self._owns_event_log = event_logger is None
         self.health = HealthTracker(execution_mode)
         self.health_manager = health_manager

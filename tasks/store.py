@@ -66,8 +66,8 @@ async def store_snapshots(mode: ModeName, run_id: str, data_dir: Path, *, snapsh
     store = ResultsStore(config, "backtest", data_dir=data_dir, run_id=run_id, settings=settings,
                          commit_metadata=_commit_metadata(), run_inputs=inputs)
     async with store:
-        # A restart with this run_id skips what is committed; the progress bar counts those too.
-        await feed(store, source, hooks.advance if hooks is not None else None)
+        # A restart with this run_id skips what is committed; the progress bar counts those once.
+        await feed(store, source, hooks.stored if hooks is not None else None)
     assert store.summary is not None  # set by a clean exit of the store's context
     return store.summary
 

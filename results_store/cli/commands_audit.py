@@ -13,25 +13,26 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from results_store.audit import RunAudit, audit_run, read_audits, record_audits, select_runs, write_report
 from results_store.audit_checks import DEFAULT_WINDOW
-from results_store.cli.options import DataDir
+from results_store.cli.options import DataDir, check_run_id, check_run_ids, data_dir_problem
+from results_store.cli.output import fail, make_console
 from results_store.utc import to_utc
 from schemas.errors import ComponentError
 
 __all__ = ["audit", "audits", "register"]
 
-console = Console()
+console = make_console()
 _MODES = ("backtest", "live")
 _STYLE = {"fail": "bold red", "warn": "yellow", "pass": "green", "skip": "dim"}
 
 
 def audit(
     runs: Annotated[list[str] | None, typer.Argument(help="runs to audit [default: the backtest runs finished since "
-                                                          "their last audit and the live runs of yesterday]")] = None,
+                                                          "their last audit and the live runs of yesterday]",
+                                                     callback=check_run_ids)] = None,
     all_runs: Annotated[bool, typer.Option("--all", help="audit every run in the registry")] = False,
     since: Annotated[str | None, typer.Option("--since", help="audit the runs finished at or after this date "
                                                               "(ISO 8601, UTC)")] = None,
@@ -50,6 +51,9 @@ def audit(
     started: datetime | None = to_utc(since).to_pydatetime() if since else None
     audit_id = uuid.uuid4().hex[:12]
     results: list[RunAudit] = []
+    # A read-only data dir (a mounted backup, a read-only mount) is audited all the same; only the
+    # reports and the audit history, which would be written into it, are left out.
+    writable = data_dir.is_dir() and data_dir_problem(data_dir, write=True) is None
     try:
         found: set[str] = set()
         for mode in modes:
@@ -58,15 +62,19 @@ def audit(
                 if not json_output:
                     console.print(f"auditing {mode} run [bold]{run_id}[/bold] ...")
                 result = audit_run(data_dir, mode, run_id, window=window, audit_id=audit_id)
-                write_report(data_dir, result)
+                if writable:
+                    write_report(data_dir, result)
                 results.append(result)
         unknown = [r for r in runs or [] if r not in found]
         if unknown:
             raise ComponentError("RST-302", f"no {' or '.join(modes)} run named {', '.join(unknown)}")
-        record_audits(data_dir, results)
+        if writable:
+            record_audits(data_dir, results)
+        elif results:
+            make_console(stderr=True).print(f"data dir {data_dir} is read-only: audit reports and history not written",
+                                            markup=False, highlight=False)
     except ComponentError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        fail(exc)
     if json_output:
         typer.echo(orjson.dumps([r.to_dict() for r in results], option=orjson.OPT_INDENT_2, default=str).decode())
     else:
@@ -95,7 +103,8 @@ def _print(results: list[RunAudit]) -> None:
 
 
 def audits(
-    run_id: Annotated[str | None, typer.Argument(help="one run's audits [default: every run's]")] = None,
+    run_id: Annotated[str | None, typer.Argument(help="one run's audits [default: every run's]",
+                                                 callback=check_run_id)] = None,
     execution_mode: Annotated[str, typer.Option("--execution-mode", "-e", help="backtest | live")] = "backtest",
     limit: Annotated[int, typer.Option("--limit", "-n", help="rows to print")] = 40,
     json_output: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from results_store.cli.options import Mode
+from results_store.cli.output import fail, make_console
+from results_store.error_map import storage_errors
 from results_store.simulator.jsonl import write_jsonl
 from results_store.simulator.reference import ReferenceEngine
 from schemas.errors import ComponentError
@@ -19,7 +20,7 @@ from schemas.modes import load_mode
 
 __all__ = ["register", "simulate"]
 
-console = Console()
+console = make_console()
 PROGRESS_FROM = 20_000   # timesteps; shorter runs finish before a bar is worth drawing
 _TICK = 1_000
 
@@ -35,9 +36,19 @@ def simulate(
     """Write a mode's simulated snapshots to a JSON Lines file, one timestep per line."""
     try:
         engine = ReferenceEngine(load_mode(mode), start, end, freq, seed=seed)
-    except (ComponentError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]", highlight=False)
-        raise typer.Exit(2) from None
+    except ComponentError as exc:
+        fail(exc)
+    except ValueError as exc:  # the engine's own check of start, end and freq
+        fail(ComponentError("RST-201", str(exc)))
+    try:
+        with storage_errors("write snapshots", out):  # a full disk or a read-only --out: RST-004 naming the file
+            written = _write(engine, mode, out)
+    except ComponentError as exc:
+        fail(exc)
+    console.print(f"wrote {written} timesteps of {mode} ({freq}, seed {seed}) to {out}", highlight=False)
+
+
+def _write(engine: ReferenceEngine, mode: str, out: Path) -> int:
     total = len(engine)
     if total < PROGRESS_FROM:
         written = write_jsonl(engine, out)
@@ -53,7 +64,7 @@ def simulate(
                         progress.update(task, completed=index)
 
             written = write_jsonl(ticking(), out)
-    console.print(f"wrote {written} timesteps of {mode} ({freq}, seed {seed}) to {out}", highlight=False)
+    return written
 
 
 def register(app: typer.Typer) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from results_store.cli.options import DataDir
+from results_store.cli.options import DataDir, ExecutionMode, check_run_id
+from results_store.cli.output import fail, make_console
 from results_store.export import FORMATS, ExportFormat, export_run
 from results_store.report import write_bundle
 from schemas.errors import ComponentError
@@ -18,13 +18,11 @@ from schemas.settings import load_settings
 
 __all__ = ["export", "register", "report"]
 
-console = Console()
-
-ExecutionMode = Annotated[str, typer.Option("--execution-mode", "-e", help="backtest | live")]
+console = make_console()
 
 
 def export(
-    run_id: Annotated[str, typer.Argument(help="the run to export")],
+    run_id: Annotated[str, typer.Argument(help="the run to export", callback=check_run_id)],
     format: Annotated[str, typer.Option("--format", "-f", help=f"one of {', '.join(FORMATS)}")] = "csv",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="directory for the files and manifest.json "
                                              "[default: {data_dir}/{execution_mode}/exports/{run_id}-{format}]",
@@ -52,8 +50,7 @@ def export(
                               tables=tables.split(",") if tables else None, start=start, end=end, as_of=as_of,
                               db_url=db_url, db_schema=db_schema)
     except ComponentError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        fail(exc)
     listing = Table(title=f"{run_id} → {manifest.get('database', {}).get('url') or target} ({format}) "
                           f"in {time.perf_counter() - t0:.2f} s")
     for column in ("table", "version", "rows", "file", "sha256"):
@@ -66,7 +63,7 @@ def export(
 
 
 def report(
-    run_id: Annotated[str, typer.Argument(help="the run to report on")],
+    run_id: Annotated[str, typer.Argument(help="the run to report on", callback=check_run_id)],
     execution_mode: ExecutionMode = "backtest",
     data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
 ) -> None:
@@ -76,8 +73,7 @@ def report(
     try:
         bundle = write_bundle(settings.root, run_id, execution_mode=execution_mode, event_log_dir=settings.data_dir)
     except ComponentError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        fail(exc)
     console.print(bundle.summary.to_markdown())
     console.print(f"\nbundle written in {time.perf_counter() - t0:.1f} s: {bundle.directory}")
     console.print(f"report: {bundle.report.as_uri()}")

@@ -5,27 +5,36 @@ as its own child so that it dies with the command, even one killed with SIGKILL 
 ``results_store.prefect_env``; its database is in ``{data_dir}/.prefect``); with it, against that
 server, so the runs show in its UI. Prefect is imported only after ``_prepare_prefect`` has set
 its environment, which is why the flow modules are imported inside the functions.
+
+Everything a flow is given is checked before Prefect starts (mode, execution mode, run ids: in
+``options``; the data dir, writable), so bad input ends the command
+at once with its RST line, not with a Prefect ``ParameterTypeError`` after a server start. A flow
+that fails ends the command with its one line too (``output.fail``); Prefect's own report of the
+failure, traceback included, stays in the flow-run log (``_leave_failures_to_the_cli``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from results_store.cli.options import DataDir, Mode, RunId
+from results_store.cli.options import DataDir, ExecutionMode, Mode, RunId, check_run_id, require_writable_data_dir
+from results_store.cli.output import fail, make_console
 from results_store.prefect_env import configure_prefect, start_local_api_server
 from schemas.errors import ComponentError
+from schemas.identifiers import validate_run_id
+from schemas.settings import load_settings
 
-console = Console()
-ExecutionMode = Annotated[str, typer.Option("--execution-mode", "-e", help="backtest | live")]
+console = make_console()
 Strict = Annotated[bool, typer.Option(help="fail on the first invalid row instead of quarantining it")]
 
 
@@ -55,19 +64,58 @@ def _print_summary(summary: dict[str, Any], wall_s: float) -> None:
 
 
 def _prepare_prefect(data_dir: Path) -> None:
-    """Prefect's settings, and its local API server unless PREFECT_API_URL names one; before Prefect loads."""
+    """Prefect's settings, and its local API server unless PREFECT_API_URL names one; before Prefect loads.
+
+    Every flow command writes (and Prefect's database is in ``{data_dir}/.prefect``), so the data dir
+    must be writable: checked here, before anything starts, as one RST-004 line naming it.
+    """
+    require_writable_data_dir(data_dir)
+    # BASIS_LOG_LEVEL is Prefect's level too (what the flow-run logs keep), unless Prefect's own is set;
+    # when it is set, the terminal shows Prefect's records from that level instead of from WARNING.
+    level = load_settings().log_level
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
+    if "BASIS_LOG_LEVEL" in os.environ:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", level)
     configure_prefect(data_dir, quiet_console=True)
     with console.status("starting Prefect's local API server"):  # about 6-10 s here (20 s on a fresh database)
         start_local_api_server()
 
 
+class _LeaveFailuresToTheCli(logging.Filter):
+    """Drops Prefect's ERROR records (a failed task or flow run, with its traceback) from the terminal.
+
+    The command ends with its own line for the same failure; the records still reach the flow-run log
+    (the API handler sits on Prefect's loggers, this filter only on the terminal's handler). Also
+    dropped: the progress notes of Prefect's delivery of its own logs and events at exit
+    ("EventsWorker - Still processing items: 4 items remaining..."), which came after that line.
+    """
+
+    _DELIVERY = frozenset({"EventsWorker", "APILogWorker"})  # Prefect's queue services log under their class names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name in self._DELIVERY:
+            return record.levelno >= logging.ERROR
+        return record.levelno < logging.ERROR or not record.name.startswith("prefect")
+
+
+def _leave_failures_to_the_cli() -> None:
+    """Once Prefect has set up its logging: its failure reports off the terminal, unless BASIS_LOG_LEVEL=DEBUG."""
+    if load_settings().log_level == "DEBUG":
+        return
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, _LeaveFailuresToTheCli) for f in handler.filters):
+            handler.addFilter(_LeaveFailuresToTheCli())
+
+
 def _run(call: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
-    """Run a flow call to completion; project errors print as one red line and exit 2."""
+    """Run a flow call to completion; a failure ends the command with its one line (``output.fail``)."""
     try:
         return asyncio.run(call())
-    except ComponentError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    except Exception as exc:
+        fail(exc)
 
 
 def _count_lines(path: Path) -> int:
@@ -84,17 +132,24 @@ def _run_backtest_flow(data_dir: Path, total: int | None = None, **params: Any) 
     from flows.backtest_results import backtest_results
     from results_store.drive import report_progress
 
+    _leave_failures_to_the_cli()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
-        # Until the first timesteps arrive, Prefect creates the flow and task runs (its server is up).
-        bar = progress.add_task("starting Prefect", total=total)
+    try:
+        with Progress(*columns, console=console) as progress:
+            # Until the first timesteps arrive, Prefect creates the flow and task runs (its server is up).
+            bar = progress.add_task("starting Prefect", total=total)
 
-        def advance(n: int) -> None:
-            progress.update(bar, advance=n, description="storing timesteps")
+            def stored(n: int) -> None:
+                # Set, not advanced: a retried task reports the run's stored timesteps afresh.
+                progress.update(bar, completed=n, description="storing timesteps")
 
-        with report_progress(advance, lambda length: progress.update(bar, total=length)):
-            summary = _run(lambda: backtest_results(data_dir=str(data_dir), **params))
+            with report_progress(stored, lambda length: progress.update(bar, total=length)):
+                summary = asyncio.run(backtest_results(data_dir=str(data_dir), **params))
+            # The last commit happens as the store stops, after the engine's last timestep was fed.
+            stored(summary["timesteps_skipped"] + summary["timesteps_written"])
+    except Exception as exc:
+        fail(exc)  # after the bar has drawn its last state: the failure is the command's last line
     _print_summary(summary, time.perf_counter() - started)
 
 
@@ -117,12 +172,19 @@ def backtest(
 def ingest(
     file: Annotated[Path, typer.Argument(help="an engine's JSON Lines snapshot file", exists=True, dir_okay=False)],
     mode: Mode,
-    run_id: Annotated[str | None, typer.Option("--run-id", help="run identifier [default: the file stem]")] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="run identifier [default: the file stem]",
+                                               callback=check_run_id)] = None,
     strict: Strict = False,
     data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
 ) -> None:
     """Store an engine's JSON Lines snapshot file (the backtest-results flow) and print a summary."""
-    _run_backtest_flow(data_dir, total=_count_lines(file), mode=mode, run_id=run_id or file.stem,
+    if run_id is None:
+        try:
+            run_id = validate_run_id(file.stem)
+        except ComponentError as exc:
+            fail(ComponentError("RST-201", f"{exc.message}: the run id defaults to the file's stem; "
+                                           "give one with --run-id"))
+    _run_backtest_flow(data_dir, total=_count_lines(file), mode=mode, run_id=run_id,
                        snapshot_file=str(file.resolve()), strict=strict)
 
 
@@ -131,6 +193,7 @@ def _flow_call(name: str, data_dir: Path, **params: Any) -> dict[str, Any]:
     from flows.live_snapshots import live_snapshots
     from flows.rerun_results import rerun_results
 
+    _leave_failures_to_the_cli()
     flows: dict[str, Any] = {"rerun": rerun_results, "live": live_snapshots}
     return _run(lambda: flows[name](data_dir=str(data_dir), **params))
 
@@ -144,8 +207,9 @@ def _csv_option(what: str) -> Any:
 
 
 def rerun(
-    run_id: Annotated[str, typer.Argument(help="the run to re-derive from its raw snapshots")],
-    new_run_id: Annotated[str | None, typer.Option(help="write a new run (lineage: parent = RUN_ID)")] = None,
+    run_id: Annotated[str, typer.Argument(help="the run to re-derive from its raw snapshots", callback=check_run_id)],
+    new_run_id: Annotated[str | None, typer.Option(help="write a new run (lineage: parent = RUN_ID)",
+                                                   callback=check_run_id)] = None,
     result_types: Annotated[str | None, _csv_option("result types")] = None,
     balance_sheet_assets: Annotated[str | None, _csv_option("balance-sheet assets")] = None,
     pnl_attribution_types: Annotated[str | None, _csv_option("PnL attribution types")] = None,
