@@ -31,6 +31,7 @@ import stamina
 from results_store import delta_tables
 from results_store.error_map import is_transient, map_error, storage_errors
 from results_store.flatten import SnapshotItem, encode_snapshots, flatten_batch
+from results_store.simulator.jsonl import BadLine
 from results_store.validate import quarantine_rejected, validate_table
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig
@@ -145,6 +146,9 @@ class BatchWriter:
         self.committed: dict[str, int | None] = {
             name: delta_tables.committed_txn_version(path, run_id) for name, path in table_paths.items()
         }
+        # Unparseable lines of a snapshot file, by the timestep of the snapshot they travel with
+        # (see ``add_bad_lines``); ``prepare`` takes those of its chunk.
+        self.bad_lines: dict[int, list[tuple[int, BadLine]]] = {}
         # Open table handles, one per table; each is only used by that table's (sequential) commits.
         self._handles: dict[str, delta_tables.TableHandle | None] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -156,6 +160,34 @@ class BatchWriter:
         """Last timestep every table has committed (-1 if none): replay starts after it."""
         values = [v if v is not None else -1 for v in self.committed.values()]
         return min(values) if values else -1
+
+    def add_bad_lines(self, step: int, timestamp_us: int, lines: Sequence[BadLine]) -> None:
+        """Quarantine ``lines`` (unparseable lines of a snapshot file) with the batch holding ``step``.
+
+        They take that snapshot's timestep and timestamp (the nearest known: the line has none), so
+        they commit under its app-transaction version with the snapshot: a resume that skips the
+        snapshot as committed skips them too, and a batch retried commits them once.
+        """
+        self.bad_lines.setdefault(step, []).extend((timestamp_us, line) for line in lines)
+
+    def _bad_line_rows(self, entries: Sequence[Queued]) -> pa.Table | None:
+        taken = [(e[0], ts, line) for e in entries for ts, line in self.bad_lines.pop(e[0], ())]
+        if not taken:
+            return None
+        n = len(taken)
+        return pa.table({
+            "run_id": pa.repeat(pa.scalar(self.run_id, pa.string()), n),
+            "timestep": pa.array([step for step, _, _ in taken], pa.int64()),
+            "timestamp": pa.array([ts for _, ts, _ in taken], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "result_type": pa.repeat(pa.scalar("snapshot", pa.string()), n),
+            "rule": pa.repeat(pa.scalar("unparseable_line", pa.string()), n),
+            "column": pa.array([f"line {line.line}" for _, _, line in taken], pa.string()),
+            "error_code": pa.array([line.error.error_code for _, _, line in taken], pa.string()),
+            "message": pa.array([line.error.message for _, _, line in taken], pa.string()),
+            "payload": pa.array([line.text for _, _, line in taken], pa.string()),
+            "quarantined_at": pa.repeat(pa.scalar(int(time.time() * 1_000_000), pa.int64()), n).cast(
+                pa.timestamp("us", tz="UTC")),
+        }).cast(QUARANTINE_SCHEMA)
 
     # -- prepare (worker thread) --------------------------------------------------------------
     def prepare(self, entries: Sequence[Queued]) -> PreparedBatch:
@@ -171,6 +203,8 @@ class BatchWriter:
         tables: dict[str, pa.Table] = {}
         quarantine = [quarantine_rejected(rejected, self.run_id)] if rejected else []
         errors = [r.error for r in rejected]
+        if (lines := self._bad_line_rows(entries)) is not None:
+            quarantine.append(lines)
         if rejected and self.settings.strict:
             raise rejected[0].error
         for rtype, table in flat.tables.items():

@@ -23,7 +23,7 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +41,7 @@ from results_store.health import HealthTracker
 from results_store.live import LiveDurability, wal_directory
 from results_store.run_lock import RunLock
 from results_store.runs import append_run_record, input_differences, latest_run
+from results_store.simulator.jsonl import BadLine
 from results_store.summary import RunSummary
 from schemas.errors import ComponentError
 from schemas.identifiers import validate_run_id
@@ -446,6 +447,21 @@ class ResultsStore:
             if self._last_step == step:
                 (self._last_step, self._last_ts), self._received = previous, self._received - 1
             raise
+
+    def quarantine_lines(self, step: int, timestamp: Any, lines: Sequence[BadLine]) -> None:
+        """Quarantine a snapshot file's unparseable ``lines`` (RST-101, rule ``unparseable_line``) with
+        the snapshot of ``step`` and ``timestamp``: call it just before storing that snapshot.
+
+        They commit in that snapshot's batch, under its app-transaction version, so a resume that
+        skips the snapshot as committed drops them here (they are in the quarantine table already).
+        Backtest only: the live WAL holds snapshots, not lines.
+        """
+        if self._live:
+            raise ComponentError("RST-201", "quarantine_lines is for backtest file ingestion, not live runs")
+        if not lines or step <= self._watermark:
+            return
+        assert self._batch_writer is not None
+        self._batch_writer.add_bad_lines(step, to_micros(timestamp), lines)
 
     async def _put(self, item: Any) -> None:
         """Queue ``item``, waiting while the queue is full, unless the worker ends first: then

@@ -28,6 +28,8 @@ class RunSummary:
     data_files: dict[str, int] = field(default_factory=dict)
     parent_run_id: str | None = None
     status: str = "finished"
+    # A snapshot file's lines (``results_store.file_ingest``): read = written + quarantined + refused.
+    file_lines: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +56,10 @@ class RunSummary:
             f"- quarantined rows: {self.quarantined:,}",
             f"- elapsed: {self.elapsed_s:.2f} s, throughput: {self.throughput:,.0f} timesteps/s",
         ]
+        if self.file_lines:
+            f = self.file_lines
+            lines.append(f"- file lines read: {f['read']:,} = written {f['written']:,} + quarantined "
+                         f"{f['quarantined']:,} + refused {f['refused']:,}")
         if self.parent_run_id:
             lines.append(f"- parent run: `{self.parent_run_id}`")
         lines += ["", "| table | rows | commits | version | data files | path |", "|---|---:|---:|---:|---:|---|"]
