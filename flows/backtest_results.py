@@ -39,6 +39,7 @@ async def backtest_results(
     data_dir: str | None = None,
     strict: bool = False,
     batch_size: int | None = None,
+    strict_file: bool = False,
 ) -> dict[str, Any]:
     """Store a backtest's snapshots (reference engine, or an engine's JSON Lines file) and publish its summary.
 
@@ -53,13 +54,17 @@ async def backtest_results(
         data_dir: root of the tables. Default: BASIS_DATA_DIR, else ./data (relative to the worker).
         strict: fail the run on an invalid row instead of quarantining it.
         batch_size: timesteps per commit. Default: RESULTS_STORE_BACKTEST_BATCH_SIZE (20,000).
+        strict_file: snapshot_file: refuse a file with any bad line (every one named) before anything is
+            written. Default: each unparseable line is quarantined (RST-101), each line out of order
+            refused (RST-103), every good line written.
     """
     logger = get_run_logger()
     # Before any work: "" is refused too (it is not "no run id"), as are ids that are unsafe on disk.
     run_id = validate_run_id(run_id) if run_id is not None else ResultsStore.new_run_id(mode)
     root = resolve_data_dir(data_dir)
     summary = await store_snapshots(mode, run_id, root, snapshot_file=snapshot_file, start=start, end=end,
-                                    freq=freq, seed=seed, strict=strict, batch_size=batch_size)
+                                    freq=freq, seed=seed, strict=strict, batch_size=batch_size,
+                                    strict_file=strict_file)
     await publish_run_summary(summary)
     # How the strategy did: the run's bundle under {data_dir}/backtest/results/{run_id}/, then its
     # summary and a link to its report.html as artifacts.

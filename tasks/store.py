@@ -18,6 +18,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.runtime import flow_run
 
 from results_store.drive import backtest_inputs, backtest_source, collect_pending, current_progress, feed, live_inputs
+from results_store.file_ingest import feed_file
 from results_store.simulator.live_source import LiveSource
 from results_store.store import ResultsStore
 from results_store.summary import RunSummary
@@ -45,8 +46,12 @@ def _commit_metadata() -> dict[str, Any]:
       retry_condition_fn=retry_if_transient)
 async def store_snapshots(mode: ModeName, run_id: str, data_dir: Path, *, snapshot_file: str | None,
                           start: str, end: str, freq: str, seed: int, strict: bool,
-                          batch_size: int | None) -> RunSummary:
-    """Feed the engine's snapshots through the results store in order; a retry resumes the run."""
+                          batch_size: int | None, strict_file: bool = False) -> RunSummary:
+    """Feed the engine's snapshots through the results store in order; a retry resumes the run.
+
+    A snapshot file's bad lines are quarantined or refused, each reported, and its good lines
+    written (``results_store.file_ingest``); ``strict_file`` refuses a file with any bad line whole.
+    """
     logger = get_run_logger()
     config = load_mode(mode)
     settings = load_settings(config, data_dir=data_dir, strict=strict or None, backtest_batch_size=batch_size,
@@ -65,10 +70,21 @@ async def store_snapshots(mode: ModeName, run_id: str, data_dir: Path, *, snapsh
                                      seed=seed)
     store = ResultsStore(config, "backtest", data_dir=data_dir, run_id=run_id, settings=settings,
                          commit_metadata=_commit_metadata(), run_inputs=inputs)
+    lines = None
     async with store:
         # A restart with this run_id skips what is committed; the progress bar counts those once.
-        await feed(store, source, hooks.stored if hooks is not None else None)
+        if snapshot_file:
+            lines = await feed_file(store, snapshot_file, strict=strict_file,
+                                    progress=hooks.stored if hooks is not None else None)
+        else:
+            await feed(store, source, hooks.stored if hooks is not None else None)
     assert store.summary is not None  # set by a clean exit of the store's context
+    if lines is not None:
+        store.summary.file_lines = lines.to_dict()
+        for bad in lines.bad[:50]:
+            logger.warning("%s", bad.error)
+        if len(lines.bad) > 50:
+            logger.warning("... and %s more bad lines (every one is in the event log)", len(lines.bad) - 50)
     return store.summary
 
 

@@ -57,6 +57,9 @@ def _print_summary(summary: dict[str, Any], wall_s: float) -> None:
     console.print(f"timesteps: {summary['timesteps_received']:,} received, "
                   f"{summary['timesteps_skipped']:,} skipped (already committed)")
     console.print(f"quarantined rows: {summary['quarantined']:,}")
+    if lines := summary.get("file_lines"):
+        console.print(f"file lines: {lines['read']:,} read = {lines['written']:,} written + "
+                      f"{lines['quarantined']:,} quarantined + {lines['refused']:,} refused")
     console.print(f"throughput: {summary['throughput']:,.0f} timesteps/s in the store; "
                   f"wall time with Prefect: {wall_s:.1f} s")
     if summary.get("parent_run_id"):
@@ -174,7 +177,9 @@ def ingest(
     mode: Mode,
     run_id: Annotated[str | None, typer.Option("--run-id", help="run identifier [default: the file stem]",
                                                callback=check_run_id)] = None,
-    strict: Strict = False,
+    strict: Annotated[bool, typer.Option(help="all or nothing: refuse the file if any line is bad (every one "
+                                         "named) and fail on the first invalid row [default: quarantine "
+                                         "unparseable lines, refuse lines out of order, write the good ones]")] = False,
     data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
 ) -> None:
     """Store an engine's JSON Lines snapshot file (the backtest-results flow) and print a summary."""
@@ -185,7 +190,7 @@ def ingest(
             fail(ComponentError("RST-201", f"{exc.message}: the run id defaults to the file's stem; "
                                            "give one with --run-id"))
     _run_backtest_flow(data_dir, total=_count_lines(file), mode=mode, run_id=run_id,
-                       snapshot_file=str(file.resolve()), strict=strict)
+                       snapshot_file=str(file.resolve()), strict=strict, strict_file=strict)
 
 
 def _flow_call(name: str, data_dir: Path, **params: Any) -> dict[str, Any]:

@@ -103,11 +103,23 @@ async def test_backtest_results_writes_the_tables_and_publishes_the_summary(tmp_
     assert read_table(tmp_path, "backtest", "raw_snapshots", run_id="bt-1").num_rows == 96
 
 
-async def test_a_corrupt_snapshot_file_fails_the_run_without_retrying(tmp_path):
+async def test_a_snapshot_file_with_a_bad_line_quarantines_it_and_writes_every_good_line(tmp_path):
+    path = _snapshot_file(tmp_path / "in.jsonl", steps=5)
+    path.write_bytes(path.read_bytes() + b"{broken\n")
+    summary = await backtest_results(mode="eth_basis", run_id="ok", snapshot_file=str(path), data_dir=str(tmp_path))
+    assert summary["status"] == "finished"
+    assert summary["file_lines"] == {"read": 6, "written": 5, "quarantined": 1, "refused": 0}
+    assert read_table(tmp_path, "backtest", "raw_snapshots", run_id="ok").num_rows == 5
+    [row] = [r for r in read_table(tmp_path, "backtest", "quarantine", run_id="ok").to_pylist()
+             if r["rule"] == "unparseable_line"]
+    assert row["column"] == "line 6" and row["payload"] == "{broken" and "in.jsonl:6" in row["message"]
+
+
+async def test_a_corrupt_snapshot_file_with_strict_file_fails_the_run_without_retrying(tmp_path):
     path = _snapshot_file(tmp_path / "in.jsonl", steps=5)
     path.write_bytes(path.read_bytes() + b"{broken\n")
     state = await backtest_results(mode="eth_basis", run_id="bad", snapshot_file=str(path), data_dir=str(tmp_path),
-                                   return_state=True)
+                                   strict_file=True, return_state=True)
     assert state.is_failed()
     assert "RST-101" in str(state.message) and "in.jsonl:6" in str(state.message)
     flow_run_id = state.state_details.flow_run_id
