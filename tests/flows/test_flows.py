@@ -284,3 +284,29 @@ def test_cli_backtest_and_rerun_print_the_run_summary(tmp_path):
 
     result = runner.invoke(app, ["rerun", "no-such-run", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "RST-302" in result.output
+
+
+def test_cli_ingest_of_a_file_with_one_bad_line_of_each_kind_accounts_for_every_line(tmp_path):
+    from tests.test_snapshot_files import _file_with_one_line_of_each_kind
+
+    path, good_lines, expected = _file_with_one_line_of_each_kind(tmp_path)
+    data = tmp_path / "data"
+    runner = CliRunner()
+    result = runner.invoke(app, ["ingest", str(path), "--mode", "pure_lending", "--run-id", "mixed",
+                                 "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    unparseable = sorted(line for line, e in expected.items() if e[1] == "RST-101")
+    read = good_lines + len(expected)
+    refused = len(expected) - len(unparseable)
+    assert (f"file lines: {read} read = {good_lines} written + {len(unparseable)} quarantined + "
+            f"{refused} refused") in " ".join(result.output.split())
+    quarantined = {r["column"]: r for r in read_table(data, "backtest", "quarantine", run_id="mixed").to_pylist()
+                   if r["rule"] == "unparseable_line"}
+    assert sorted(quarantined) == sorted(f"line {n}" for n in unparseable)
+    assert read_table(data, "backtest", "raw_snapshots", run_id="mixed").num_rows == good_lines
+
+    # --strict: all or nothing, every bad line named, nothing written, exit 2 (bad input).
+    result = runner.invoke(app, ["ingest", str(path), "--mode", "pure_lending", "--run-id", "strict",
+                                 "--strict", "--data-dir", str(data)])
+    assert result.exit_code == 2 and "RST-101" in result.output, result.output
+    assert read_table(data, "backtest", "raw_snapshots", run_id="strict").num_rows == 0
