@@ -25,7 +25,7 @@ from results_store.runs import latest_run
 from schemas.identifiers import validate_run_id
 from schemas.modes import ExecutionMode
 from schemas.result_types import ResultType
-from schemas.settings import resolve_data_dir
+from schemas.settings import load_settings, resolve_data_dir
 from tasks.artifacts import publish_markdown, publish_run_summary
 from tasks.rerun import rederive
 
@@ -50,7 +50,7 @@ async def rerun_results(
     dust_tracking_tokens: list[str] | None = None,
     leverage_tracking: bool | None = None,
     strict: bool = False,
-    execution_mode: ExecutionMode = "backtest",
+    execution_mode: ExecutionMode | None = None,
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Re-derive a run's result tables from its raw snapshots: new versions or a new run, never a silent overwrite.
@@ -66,7 +66,7 @@ async def rerun_results(
         dust_tracking_tokens: dust tokens. Default: the run's own.
         leverage_tracking: store leverage tracking. Default: follows result_types.
         strict: fail on the first invalid row instead of quarantining it.
-        execution_mode: backtest or live runs.
+        execution_mode: backtest or live runs. Default: BASIS_EXECUTION_MODE (of the worker), else backtest.
         data_dir: root of the tables. Default: BASIS_DATA_DIR, else ./data (relative to the worker).
     """
     logger = get_run_logger()
@@ -74,6 +74,7 @@ async def rerun_results(
     validate_run_id(run_id)
     if new_run_id is not None:
         validate_run_id(new_run_id)
+    execution_mode = execution_mode or load_settings().execution_mode
     root = resolve_data_dir(data_dir)
     requested: dict[str, Any] = {
         "result_types": [ResultType(t).value for t in result_types] if result_types is not None else None,

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from results_store.audit import RunAudit, audit_run, read_audits, record_audits, select_runs, write_report
 from results_store.audit_checks import DEFAULT_WINDOW
-from results_store.cli.options import DataDir, check_run_id, check_run_ids, data_dir_problem
+from results_store.cli.options import DataDir, ExecutionMode, check_run_id, check_run_ids, data_dir_problem
 from results_store.cli.output import fail, make_console
 from results_store.utc import to_utc
 from schemas.errors import ComponentError
@@ -105,7 +105,7 @@ def _print(results: list[RunAudit]) -> None:
 def audits(
     run_id: Annotated[str | None, typer.Argument(help="one run's audits [default: every run's]",
                                                  callback=check_run_id)] = None,
-    execution_mode: Annotated[str, typer.Option("--execution-mode", "-e", help="backtest | live")] = "backtest",
+    execution_mode: ExecutionMode = "backtest",
     limit: Annotated[int, typer.Option("--limit", "-n", help="rows to print")] = 40,
     json_output: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
     data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
