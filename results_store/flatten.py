@@ -536,6 +536,8 @@ def _balance_sheet(c: _Columns, dust: frozenset[str]) -> Builder:
         if not pm.keys() >= _POSITION_KEYS:
             raise KeyError("position_monitor." + min(_POSITION_KEYS - pm.keys()))
         for token, value in pm["wallet"].items():
+            if value.__class__ is bool:
+                raise _not_a_balance(f"position_monitor.wallet.{token}", value)
             if token in dust:
                 continue  # dust tokens are reported in dust_tracking only
             venue("wallet")
@@ -545,6 +547,8 @@ def _balance_sheet(c: _Columns, dust: frozenset[str]) -> Builder:
             amount(value)
         for cex, balances in pm["cex_accounts"].items():
             for token, value in balances.items():
+                if value.__class__ is bool:
+                    raise _not_a_balance(f"position_monitor.cex_accounts.{cex}.{token}", value)
                 venue(cex)
                 acct("cex")
                 asset(token)
@@ -561,6 +565,11 @@ def _balance_sheet(c: _Columns, dust: frozenset[str]) -> Builder:
                     raise KeyError("entry_price")
 
     return build
+
+
+def _not_a_balance(path: str, value: bool) -> TypeError:
+    """Rule ``balance_is_a_number``: JSON ``true`` is not a balance of 1.0 (Arrow would store it so)."""
+    return TypeError(f"{path} is {orjson.dumps(value).decode()}, a boolean, not a number")
 
 
 def _pnl_attribution(c: _Columns) -> Builder:

@@ -423,6 +423,8 @@ class ResultsStore:
         # the last timestamp that can be stored.
         if step <= self._last_step or TIMESTAMP_MIN_US <= ts_us < self._last_ts:
             self._refuse(step, timestamp, ts_us)
+        if step > self._last_step + 1 and self._last_step >= 0:
+            self._warn_gap(step)
         previous = self._last_step, self._last_ts
         # Claimed before any await, so that a concurrent call is checked against this timestep.
         self._last_step = step
@@ -493,6 +495,16 @@ class ResultsStore:
                                         "previous_timestep": self._last_step})
         self._log_error(error)
         raise error
+
+    def _warn_gap(self, step: int) -> None:
+        """Rule ``timestep_gap``: timesteps that skip (0, 1, then 1,001) are stored, with a warning
+        naming the gap: the missing timesteps may be an engine's bug, or a feed that was down."""
+        gap = step - self._last_step
+        self.event_log.log_warning(
+            f"run {self.run_id}: timestep_gap: timestep {step} follows {self._last_step}, a gap of {gap:,} "
+            f"({gap - 1:,} timesteps missing)",
+            {"rule": "timestep_gap", "run_id": self.run_id, "timestep": step, "previous_timestep": self._last_step,
+             "missing": gap - 1})
 
     def _refuse(self, step: int, timestamp: Any, ts_us: int) -> None:
         if step <= self._last_step:

@@ -141,9 +141,19 @@ class PerpPosition(_Open):
     entry_price: float
 
 
+def _no_bool(value: Any) -> Any:
+    # Pydantic's lax float takes True as 1.0: a balance that is a JSON boolean is an engine bug.
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is a boolean, not a number (rule balance_is_a_number)")
+    return value
+
+
+Balance = Annotated[float, BeforeValidator(_no_bool)]
+
+
 class PositionMonitorData(_Open):
-    wallet: dict[str, float] = Field(description="on-chain token balances by token")
-    cex_accounts: dict[str, dict[str, float]] = Field(description="venue -> asset -> balance")
+    wallet: dict[str, Balance] = Field(description="on-chain token balances by token (a number, never a boolean)")
+    cex_accounts: dict[str, dict[str, Balance]] = Field(description="venue -> asset -> balance")
     perp_positions: dict[str, dict[str, PerpPosition]] = Field(description="venue -> instrument -> position")
     tracked_assets: list[str]
 

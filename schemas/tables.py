@@ -55,12 +55,17 @@ PNL_COMPONENTS = ("attribution", "balance_based", "reconciliation")
 RISK_GROUPS = ("ltv_risk", "liquidation_risk", "cex_margin_ratio", "delta_risk")
 LTV_METRICS = ("current_ltv", "target_ltv", "max_ltv", "liquidation_threshold")
 
+# How far an event's time may be from its snapshot's (rule event_near_its_timestep): a timestep is
+# at most a day, so a week is generous and still catches a clock that was never set.
+EVENT_TIME_TOLERANCE = pd.Timedelta(days=7)
+
 # The column a row-level (dataframe) rule is about, so violation messages can name it.
 ROW_RULE_COLUMNS = {
     "non_negative_balance": "amount",
     "ltv_in_unit_interval": "value",
     "liquidation_flag_matches_ltv": "at_risk",
     "event_order_increasing": "event_order",
+    "event_near_its_timestep": "event_timestamp",
     "configured_attribution_type": "metric",
 }
 
@@ -158,6 +163,14 @@ class ExecutionLog(ResultRow):
     def _order(cls, df: pd.DataFrame) -> pd.Series:
         step_change = df["timestep"].ne(df["timestep"].shift())
         return step_change | (df["event_order"].diff() > 0)
+
+    @pdr.dataframe_check(name="event_near_its_timestep",
+                         error=f"event timestamp more than {EVENT_TIME_TOLERANCE.days} days from its timestep's")
+    @classmethod
+    def _near(cls, df: pd.DataFrame) -> pd.Series:
+        # An event is logged during its timestep (the longest is a day); one from 1970 in a 2024 run
+        # is an unset clock, not an event: its row is quarantined, the timestep's other rows written.
+        return (df["event_timestamp"] - df["timestamp"]).abs() <= EVENT_TIME_TOLERANCE
 
 
 class DeltaTracking(ResultRow):

@@ -118,6 +118,9 @@ CASES: list[Case] = [
     ("execution_log", _bad("execution_log", 1, event_order=1), "event_order", "event_order_increasing", BAD_STEP),
     ("execution_log", _bad("execution_log", 0, event_order=3), "event_order", "event_order_increasing", BAD_STEP),
     ("execution_log", _bad("execution_log", 0, event_type=""), "event_type", "str_length", BAD_STEP),
+    # an event from 1970 in a 2024 run: an unset clock, not an event
+    ("execution_log", _bad("execution_log", 1, event_timestamp=pd.Timestamp("1970-01-01", tz="UTC")),
+     "event_timestamp", "event_near_its_timestep", BAD_STEP),
     # delta_tracking, funding_tracking, dust_tracking: the mode's lists
     ("delta_tracking", _bad("delta_tracking", 0, asset="SOL"), "asset", "configured_values", BAD_STEP),
     ("funding_tracking", _bad("funding_tracking", 0, venue="deribit"), "venue", "configured_values", BAD_STEP),
