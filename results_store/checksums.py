@@ -86,9 +86,10 @@ CHUNK_BYTES = 1 << 20
 # A commit's manifest entry is written a few milliseconds after the commit. Files younger than this
 # that no entry names yet are "in flight", not "untracked" (another process is between the two).
 IN_FLIGHT_SECONDS = 600.0
-# delta-rs removes log files older than the table's logRetentionDuration (Delta's default, 30 days)
-# once a later checkpoint covers them. A recorded log file gone under those conditions expired.
-LOG_RETENTION = timedelta(days=30)
+# delta-rs removes log files older than the table's logRetentionDuration once a later checkpoint
+# covers them; retention sets it to the time-travel window (7 days, ``results_store.retention``). A
+# recorded log file gone under those conditions expired.
+LOG_RETENTION = timedelta(days=7)
 # The key in a commit's commitInfo that names the commit, so its writer finds its version even
 # when other writers committed in between.
 COMMIT_MARKER_KEY = "results_store_commit"

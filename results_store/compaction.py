@@ -12,9 +12,10 @@ files nothing vacuumed. The live policy (:class:`LiveCompaction`) instead:
   (``select="uncompacted"``, into one ``compacted-…`` file per day): a second rewrite.
 
 A run that ends with its day (the every-minute deployment names one run per UTC day) never sees
-the roll-over itself: the nightly retention compacts live runs whose last day is over
-(:func:`finished_live_days`). The replaced files are removed by the nightly vacuum
-(``results_store.retention``).
+the roll-over itself: the next day's run does, at its first commit, and compacts the live runs
+whose days are over (``compact_finished_days``), so that by the nightly retention (04:00) the files
+they replaced are past the vacuum's grace and go (``results_store.retention``). The nightly
+compacts whatever a quiet day left over.
 """
 
 from __future__ import annotations
@@ -70,21 +71,28 @@ class LiveCompaction:
     appended: dict[str, int] = field(default_factory=dict)
     day: date | None = None
     started: bool = False
+    fresh: bool = False
     done: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     def start(self) -> None:
         """Count each table's appends since its last merge, and find the run's current day."""
+        stored = 0
         for name, path in self.table_paths.items():
             if delta_tables.table_exists(path):
                 files = delta_tables.table_files(path).runs([self.run_id])[0][1]
                 self.appended[name] = sum(1 for f in files if is_append(f.path))
+                stored += len(files)
+        self.fresh = stored == 0  # a new run: its first commit is another day's roll-over
         raw = self.table_paths.get(RAW_SNAPSHOTS)
         self.day = run_last_day(raw, self.run_id) if raw is not None else None
         self.started = True
 
     def after_commit(self, committed: Iterable[str], last_timestamp_us: int | None) -> list[dict[str, Any]]:
         """Compact what the policy says after a commit of ``committed`` tables; returns what it did."""
-        if not self.started:
+        # Told of a commit before it started: the count it starts from already includes that commit.
+        counted = not self.started
+        if counted:
             self.start()
         day = _day(last_timestamp_us) if last_timestamp_us is not None else None
         actions: list[dict[str, Any]] = []
@@ -99,7 +107,7 @@ class LiveCompaction:
                     actions.append({"table": name, "step": "day", "day": self.day.isoformat(), **result})
         else:
             for name in committed:
-                self.appended[name] = self.appended.get(name, 0) + 1
+                self.appended[name] = self.appended.get(name, 0) + (0 if counted else 1)
                 if self.appended[name] < self.merge_files:
                     continue
                 result = delta_tables.compact_run(self.table_paths[name], self.run_id, compression=self.compression,
@@ -107,9 +115,40 @@ class LiveCompaction:
                 self.appended[name] = 0
                 if result.get("numFilesRemoved"):
                     actions.append({"table": name, "step": "merge", **result})
+        if day is not None and self.fresh:
+            self.fresh = False
+            actions += self.compact_finished_days(day)
         if day is not None:
             self.day = max(day, self.day) if self.day is not None else day
         self.done.extend(actions)
+        return actions
+
+    def compact_finished_days(self, today: date) -> list[dict[str, Any]]:
+        """Compact the other live runs' days before ``today`` that are still in more than one file.
+
+        Housekeeping on behalf of runs that ended with their day: a failure (another process
+        compacting the same run at once) is noted in ``errors`` and left to the nightly, never
+        raised into this run's collection.
+        """
+        midnight = int(datetime.combine(today, time.min, UTC).timestamp() * 1_000_000)
+        actions: list[dict[str, Any]] = []
+        for name, path in self.table_paths.items():
+            if not delta_tables.table_exists(path):
+                continue
+            for run_id, files in delta_tables.table_files(path).runs():
+                if run_id == self.run_id:
+                    continue
+                over = [f for f in files if not Path(f.path).name.startswith(delta_tables.COMPACTED_PREFIX)
+                        and f.max_timestamp_us is not None and f.max_timestamp_us < midnight]
+                if len(over) < 2:
+                    continue
+                try:
+                    result = delta_tables.compact_run(path, run_id, compression=self.compression, select="uncompacted",
+                                                      before_us=midnight)
+                except Exception as exc:
+                    self.errors.append(f"{name} {run_id}: {exc}")
+                    continue
+                actions.append({"table": name, "run_id": run_id, "step": "finished day", **result})
         return actions
 
 

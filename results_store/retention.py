@@ -27,8 +27,9 @@ all call :func:`run_retention` (a plan, then, unless it is a dry run, its applic
     compaction), not in the intermediate states it went through while being written;
   * files no version refers to (a write that crashed before its commit) go once older than the window.
 
-  The Delta log is checkpointed, delta-rs removes log files past its log retention (30 days), and
-  the manifests are rolled up.
+  The Delta log is checkpointed, its retention (``delta.logRetentionDuration``) set to the window
+  (Delta's default of 30 days kept 43,000 log files per live table, and delta-rs lists them on every
+  commit), delta-rs removes the log files past it, and the manifests are rolled up.
 - **Event logs**: rotated files older than 30 days are removed.
 
 ``dry_run`` lists exactly what would go (runs, rows, files, bytes) and changes nothing.
@@ -70,8 +71,9 @@ __all__ = [
     "vacuum_plan",
 ]
 
-# Versions committed within this window stay readable (see the module docstring).
-TIME_TRAVEL_HOURS = 168
+# Versions committed within this window stay readable (see the module docstring); the Delta log is
+# kept as long (checksums.LOG_RETENTION), no longer, since each commit lists it.
+TIME_TRAVEL_HOURS = int(checksums.LOG_RETENTION.total_seconds() // 3600)
 # Files a compaction replaced are removed once this old: long enough for a reader that listed the
 # version before the compaction to finish its scan.
 COMPACTION_GRACE_HOURS = 1.0
@@ -436,6 +438,7 @@ def apply_plan(root: Path, plan: RetentionPlan, *, data_dir: Path | None = None)
             result.vacuumed_files += 1
             result.vacuumed_bytes += size
         checksums.forget(path, deleted, reason="vacuum")
+        delta_tables.set_log_retention(path, max(plan.time_travel_hours, TIME_TRAVEL_HOURS))
         version = delta_tables.checkpoint(path) if _commits_since_checkpoint(path) >= CHECKPOINT_AFTER_COMMITS else None
         if version is not None:
             result.checkpoints[name] = version

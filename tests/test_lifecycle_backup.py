@@ -16,6 +16,7 @@ from results_store.drive import collect_pending, run_snapshots
 from results_store.simulator.live_source import ReferenceLiveSource
 from results_store.simulator.reference import ReferenceEngine
 from results_store.store import ResultsStore
+from schemas.errors import ComponentError
 from schemas.modes import load_mode
 from schemas.settings import load_settings
 
@@ -156,6 +157,6 @@ def test_a_backup_reaches_any_pyarrow_filesystem_uri(tmp_path):
 
 
 def test_without_a_complete_backup_there_is_nothing_to_restore(tmp_path):
-    with pytest.raises(Exception) as missing:
+    with pytest.raises(ComponentError) as missing:
         backup.restore(tmp_path / "data", "backtest", str(tmp_path / "nowhere"))
-    assert getattr(missing.value, "error_code", None) == "RST-302"
+    assert missing.value.error_code == "RST-302"
