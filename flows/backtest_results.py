@@ -13,11 +13,11 @@ from prefect.runtime import flow_run
 
 from results_store.store import ResultsStore
 from schemas.identifiers import validate_run_id
-from schemas.modes import ModeName, load_mode
+from schemas.modes import ModeName
 from schemas.settings import load_settings, resolve_data_dir
 from tasks.artifacts import publish_run_summary
 from tasks.report import publish_report, write_run_report
-from tasks.store import store_snapshots
+from tasks.store import mode_config, store_snapshots
 
 __all__ = ["backtest_results"]
 
@@ -40,6 +40,7 @@ async def backtest_results(
     strict: bool = False,
     batch_size: int | None = None,
     strict_file: bool = False,
+    config_path: str | None = None,
 ) -> dict[str, Any]:
     """Store a backtest's snapshots (reference engine, or an engine's JSON Lines file) and publish its summary.
 
@@ -57,18 +58,21 @@ async def backtest_results(
         strict_file: snapshot_file: refuse a file with any bad line (every one named) before anything is
             written. Default: each unparseable line is quarantined (RST-101), each line out of order
             refused (RST-103), every good line written.
+        config_path: a mode file of your own (any name, anywhere; its mode field must be mode). Default:
+            the mode's own file.
     """
     logger = get_run_logger()
     # Before any work: "" is refused too (it is not "no run id"), as are ids that are unsafe on disk.
     run_id = validate_run_id(run_id) if run_id is not None else ResultsStore.new_run_id(mode)
+    config = mode_config(mode, config_path)
     root = resolve_data_dir(data_dir)
     summary = await store_snapshots(mode, run_id, root, snapshot_file=snapshot_file, start=start, end=end,
                                     freq=freq, seed=seed, strict=strict, batch_size=batch_size,
-                                    strict_file=strict_file)
+                                    strict_file=strict_file, config_path=config_path)
     await publish_run_summary(summary)
     # How the strategy did: the run's bundle under {data_dir}/backtest/results/{run_id}/, then its
     # summary and a link to its report.html as artifacts.
-    bundle = await write_run_report(load_settings(load_mode(mode), data_dir=root).root, run_id, event_log_dir=root)
+    bundle = await write_run_report(load_settings(config, data_dir=root).root, run_id, event_log_dir=root)
     await publish_report(bundle)
     logger.info("run %s: %s timesteps (%s already committed), %s quarantined rows, %.0f timesteps/s",
                 run_id, f"{summary.timesteps_received:,}", f"{summary.timesteps_skipped:,}",

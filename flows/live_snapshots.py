@@ -25,9 +25,9 @@ from results_store.live_sources import REFERENCE_SOURCE, load_live_source
 from results_store.simulator.live_source import LiveSource, ReferenceLiveSource
 from results_store.utc import to_utc
 from schemas.identifiers import validate_run_id
-from schemas.modes import ModeName, load_mode
+from schemas.modes import ModeName
 from tasks.artifacts import publish_run_summary
-from tasks.store import collect_live
+from tasks.store import collect_live, mode_config
 
 __all__ = ["live_snapshots"]
 
@@ -48,6 +48,7 @@ async def live_snapshots(
     now: datetime | None = None,
     source: str = REFERENCE_SOURCE,
     source_kwargs: dict[str, Any] | None = None,
+    config_path: str | None = None,
 ) -> dict[str, Any]:
     """Collect the pending snapshots of the live feed and store them (execution mode "live").
 
@@ -63,19 +64,22 @@ async def live_snapshots(
             reference simulator; results_store.live_sources:JsonlLiveSource reads an engine's JSON Lines file(s).
         source_kwargs: the source's keyword arguments as JSON, e.g. {"path": "/feeds/live.jsonl"}. For the
             reference source, anchor, freq and seed are used when this is empty.
+        config_path: a mode file of your own (any name, anywhere; its mode field must be mode). Default:
+            the mode's own file.
     """
     logger = get_run_logger()
     if run_id is not None:  # before any work: "" is refused too (it is not "no run id")
         validate_run_id(run_id)
+    config = mode_config(mode, config_path)
     now_ts = to_utc(now) if now is not None else pd.Timestamp(datetime.now(UTC))
     anchor_ts = to_utc(anchor) if anchor is not None else now_ts.floor("1D")
     run_id = run_id or f"live-{mode}-{anchor_ts:%Y%m%d}"
-    config = load_mode(mode)
     if source == REFERENCE_SOURCE and not source_kwargs:
         feed: LiveSource = ReferenceLiveSource(config, anchor_ts, freq, seed=seed)
     else:
         feed = load_live_source(source, source_kwargs, config)
-    summary = await collect_live(feed, mode=mode, run_id=run_id, data_dir=data_dir, now=now_ts.to_pydatetime())
+    summary = await collect_live(feed, mode=mode, run_id=run_id, data_dir=data_dir, now=now_ts.to_pydatetime(),
+                                 config_path=config_path)
     written = summary.timesteps_received - summary.timesteps_skipped
     logger.info("run %s: %s new timesteps stored, %s quarantined rows", run_id, written, summary.quarantined)
     if written:

@@ -276,8 +276,14 @@ def _describe(error: ErrorDetails) -> str:
     return f"field '{loc}': {msg} (got {redact_text(repr(value))})"
 
 
-def load_mode_file(path: Path) -> ModeConfig:
-    """Load and validate one mode file; any problem raises RST-201 naming file, field and value."""
+def load_mode_file(path: Path, *, user_file: bool = False) -> ModeConfig:
+    """Load and validate one mode file; any problem raises RST-201 naming file, field and value.
+
+    A mode file looked up by name (``load_mode``) must be named after its ``mode``. A ``user_file``
+    (``--config PATH``: users keep their configurations anywhere, under any name) may have any name;
+    its ``mode`` must be one of :data:`MODE_NAMES` instead, since the mode says what the reference
+    engine simulates and which mode the run is recorded under.
+    """
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
@@ -298,7 +304,12 @@ def load_mode_file(path: Path) -> ModeConfig:
                 {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
             ]},
         ) from None
-    if config.mode != path.stem:
+    if user_file:
+        if config.mode not in MODE_NAMES:
+            raise ComponentError(
+                "RST-201", f"{path}: field 'mode' is {config.mode!r}, not a strategy mode; allowed: {', '.join(MODE_NAMES)}"
+            )
+    elif config.mode != path.stem:
         raise ComponentError(
             "RST-201", f"{path}: field 'mode' is {config.mode!r} but the file is named {path.stem!r}"
         )

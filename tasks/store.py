@@ -23,10 +23,24 @@ from results_store.simulator.live_source import LiveSource
 from results_store.store import ResultsStore
 from results_store.summary import RunSummary
 from schemas.errors import ComponentError
-from schemas.modes import ModeName, load_mode
+from schemas.modes import ModeConfig, ModeName, load_mode, load_mode_file
 from schemas.settings import load_settings, resolve_data_dir
 
-__all__ = ["collect_live", "retry_if_transient", "store_snapshots"]
+__all__ = ["collect_live", "mode_config", "retry_if_transient", "store_snapshots"]
+
+
+def mode_config(mode: str, config_path: str | None = None) -> ModeConfig:
+    """The configuration a run uses: the user's mode file at ``config_path`` (``--config``), else ``mode``'s own.
+
+    A user's file may have any name; its ``mode`` must be ``mode`` (RST-201 otherwise), the mode the run
+    is recorded and simulated under.
+    """
+    if config_path is None:
+        return load_mode(mode)
+    config = load_mode_file(Path(config_path), user_file=True)
+    if config.mode != mode:
+        raise ComponentError("RST-201", f"{config_path}: field 'mode' is {config.mode!r}, but the run's mode is {mode!r}")
+    return config
 
 
 def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -46,14 +60,15 @@ def _commit_metadata() -> dict[str, Any]:
       retry_condition_fn=retry_if_transient)
 async def store_snapshots(mode: ModeName, run_id: str, data_dir: Path, *, snapshot_file: str | None,
                           start: str, end: str, freq: str, seed: int, strict: bool,
-                          batch_size: int | None, strict_file: bool = False) -> RunSummary:
+                          batch_size: int | None, strict_file: bool = False,
+                          config_path: str | None = None) -> RunSummary:
     """Feed the engine's snapshots through the results store in order; a retry resumes the run.
 
     A snapshot file's bad lines are quarantined or refused, each reported, and its good lines
     written (``results_store.file_ingest``); ``strict_file`` refuses a file with any bad line whole.
     """
     logger = get_run_logger()
-    config = load_mode(mode)
+    config = mode_config(mode, config_path)
     settings = load_settings(config, data_dir=data_dir, strict=strict or None, backtest_batch_size=batch_size,
                              execution_mode="backtest")
     hooks = current_progress()
@@ -90,10 +105,10 @@ async def store_snapshots(mode: ModeName, run_id: str, data_dir: Path, *, snapsh
 
 @task(name="collect-live-snapshots", cache_policy=NO_CACHE)
 async def collect_live(source: LiveSource, *, mode: ModeName, run_id: str, data_dir: str | None,
-                       now: datetime) -> RunSummary:
+                       now: datetime, config_path: str | None = None) -> RunSummary:
     """Write everything the source has after the run's last stored timestep, in one collection."""
     logger = get_run_logger()
-    config = load_mode(mode)
+    config = mode_config(mode, config_path)
     root = resolve_data_dir(data_dir)
     settings = load_settings(config, data_dir=root, execution_mode="live")
     store = ResultsStore(config, "live", data_dir=root, run_id=run_id, settings=settings,

@@ -27,11 +27,20 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from results_store.cli.options import DataDir, ExecutionMode, Mode, RunId, check_run_id, require_writable_data_dir
+from results_store.cli.options import (
+    ConfigFile,
+    DataDir,
+    ExecutionMode,
+    OptionalMode,
+    RunId,
+    check_run_id,
+    require_writable_data_dir,
+)
 from results_store.cli.output import fail, make_console
 from results_store.prefect_env import configure_prefect, start_local_api_server
 from schemas.errors import ComponentError
 from schemas.identifiers import validate_run_id
+from schemas.modes import load_mode_file
 from schemas.settings import load_settings
 
 console = make_console()
@@ -156,8 +165,23 @@ def _run_backtest_flow(data_dir: Path, total: int | None = None, **params: Any) 
     _print_summary(summary, time.perf_counter() - started)
 
 
+def _mode_and_config(mode: str | None, config: Path | None) -> tuple[str, str | None]:
+    """The run's mode, and the user's mode file for the flow (``config_path``), checked before Prefect starts."""
+    if config is None:
+        if mode is None:
+            fail(ComponentError("RST-201", "no mode: give --mode, or --config with a mode file of your own"))
+        return mode, None
+    try:
+        loaded = load_mode_file(config, user_file=True)
+    except ComponentError as exc:
+        fail(exc)
+    if mode is not None and mode != loaded.mode:
+        fail(ComponentError("RST-201", f"--mode {mode!r}, but {config} is a mode file of {loaded.mode!r}"))
+    return loaded.mode, str(config.resolve())
+
+
 def backtest(
-    mode: Mode,
+    mode: OptionalMode = None,
     start: Annotated[str, typer.Option(help="first timestamp (UTC)")] = "2024-01-01",
     end: Annotated[str, typer.Option(help="end, exclusive (UTC)")] = "2024-01-08",
     freq: Annotated[str, typer.Option(help="timestep: 1min ... 1d")] = "1min",
@@ -165,24 +189,28 @@ def backtest(
     run_id: RunId = None,
     strict: Strict = False,
     batch_size: Annotated[int | None, typer.Option(help="timesteps per commit")] = None,
+    config: ConfigFile = None,
     data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
 ) -> None:
     """Run the reference engine through the store (the backtest-results flow) and print a summary."""
+    mode, config_path = _mode_and_config(mode, config)
     _run_backtest_flow(data_dir, mode=mode, run_id=run_id, start=start, end=end, freq=freq, seed=seed,
-                       strict=strict, batch_size=batch_size)
+                       strict=strict, batch_size=batch_size, config_path=config_path)
 
 
 def ingest(
     file: Annotated[Path, typer.Argument(help="an engine's JSON Lines snapshot file", exists=True, dir_okay=False)],
-    mode: Mode,
+    mode: OptionalMode = None,
     run_id: Annotated[str | None, typer.Option("--run-id", help="run identifier [default: the file stem]",
                                                callback=check_run_id)] = None,
     strict: Annotated[bool, typer.Option(help="all or nothing: refuse the file if any line is bad (every one "
                                          "named) and fail on the first invalid row [default: quarantine "
                                          "unparseable lines, refuse lines out of order, write the good ones]")] = False,
+    config: ConfigFile = None,
     data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
 ) -> None:
     """Store an engine's JSON Lines snapshot file (the backtest-results flow) and print a summary."""
+    mode, config_path = _mode_and_config(mode, config)
     if run_id is None:
         try:
             run_id = validate_run_id(file.stem)
@@ -190,7 +218,7 @@ def ingest(
             fail(ComponentError("RST-201", f"{exc.message}: the run id defaults to the file's stem; "
                                            "give one with --run-id"))
     _run_backtest_flow(data_dir, total=_count_lines(file), mode=mode, run_id=run_id,
-                       snapshot_file=str(file.resolve()), strict=strict, strict_file=strict)
+                       snapshot_file=str(file.resolve()), strict=strict, strict_file=strict, config_path=config_path)
 
 
 def _flow_call(name: str, data_dir: Path, **params: Any) -> dict[str, Any]:
@@ -237,14 +265,16 @@ def rerun(
 
 
 def live(
-    mode: Mode,
+    mode: OptionalMode = None,
     run_id: RunId = None,
     anchor: Annotated[str | None, typer.Option(help="time of the feed's timestep 0 [default: today 00:00 UTC]")] = None,
+    config: ConfigFile = None,
     data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
 ) -> None:
     """Collect and store the pending live snapshots once (what the every-minute deployment runs)."""
+    mode, config_path = _mode_and_config(mode, config)
     started = time.perf_counter()
-    summary = _flow_call("live", data_dir, mode=mode, run_id=run_id, anchor=anchor)
+    summary = _flow_call("live", data_dir, mode=mode, run_id=run_id, anchor=anchor, config_path=config_path)
     _print_summary(summary, time.perf_counter() - started)
 
 

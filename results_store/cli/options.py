@@ -21,10 +21,12 @@ from schemas.modes import MODE_NAMES
 from schemas.settings import resolve_data_dir
 
 __all__ = [
+    "ConfigFile",
     "DataDir",
     "ExecutionMode",
     "JsonOutput",
     "Mode",
+    "OptionalMode",
     "RunId",
     "check_execution_mode",
     "check_mode",
@@ -113,6 +115,12 @@ DataDir = Annotated[
 ]
 Mode = Annotated[str, typer.Option("--mode", "-m", help=f"strategy mode: {', '.join(MODE_NAMES)}",
                                    callback=check_mode)]
+# For the commands that also take --config: the mode may come from the file instead.
+OptionalMode = Annotated[str | None, typer.Option("--mode", "-m", help=f"strategy mode: {', '.join(MODE_NAMES)} "
+                                                  "[default: the --config file's]", callback=check_mode)]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="a mode file of your own (any name, anywhere; its "
+                                                 "`mode` field must be one of the strategy modes) instead of the "
+                                                 "mode's own", show_default=False)]
 RunId = Annotated[str | None, typer.Option("--run-id", help="run identifier (1-128 characters of A-Z a-z 0-9 . _ -); "
                                            "the same id resumes a run", callback=check_run_id)]
 # Default from BASIS_EXECUTION_MODE, else backtest: the precedence of every setting (flag, environment, default).
