@@ -64,7 +64,7 @@ def check_mode(value: str | None) -> str | None:
 
 def check_execution_mode(value: str | None) -> str | None:
     if value is not None and value not in EXECUTION_MODES:
-        fail(ComponentError("RST-201", f"--execution-mode (or BASIS_EXECUTION_MODE) {value!r} is not allowed; "
+        fail(ComponentError("RST-201", f"--execution-mode {value!r} is not allowed; "
                                        f"allowed: {', '.join(EXECUTION_MODES)}"))
     return value
 
