@@ -633,12 +633,19 @@ def verify_table(root: Path, execution_mode: str, table: str, *, run_id: str | N
             to_hash.append((entry, versions, runs))
 
     def check(item: tuple[FileEntry, str, tuple[str, ...]]) -> tuple[tuple[FileEntry, str, tuple[str, ...]], int, str]:
-        size, digest = file_sha256(table_dir / item[0].path)
+        try:
+            size, digest = file_sha256(table_dir / item[0].path)
+        except FileNotFoundError:  # gone since the listing (a vacuum running beside us): judged below
+            return item, -1, ""
         return item, size, digest
 
     pool = hash_pool or ThreadPoolExecutor(max_workers=_hash_threads())
     try:
         for (entry, versions, runs), size, digest in pool.map(check, to_hash):
+            if size < 0:
+                if entry.path not in load_manifest(table_dir).forgotten:
+                    problem(entry.path, entry.kind, "missing", runs, versions, f"recorded {entry.size:,} bytes, not on disk")
+                continue
             report.files += 1
             report.bytes += size
             if size != entry.size or digest != entry.sha256:

@@ -7,12 +7,14 @@ import os
 import shutil
 from pathlib import Path
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from results_store import backup, checksums, delta_tables, lifecycle
 from results_store.drive import collect_pending, run_snapshots
+from results_store.runs import append_run_record, latest_run
 from results_store.simulator.live_source import ReferenceLiveSource
 from results_store.simulator.reference import ReferenceEngine
 from results_store.store import ResultsStore
@@ -160,3 +162,41 @@ def test_without_a_complete_backup_there_is_nothing_to_restore(tmp_path):
     with pytest.raises(ComponentError) as missing:
         backup.restore(tmp_path / "data", "backtest", str(tmp_path / "nowhere"))
     assert missing.value.error_code == "RST-302"
+
+
+def test_the_lifecycle_commands_back_up_restore_list_pin_and_plan_retention(tmp_path):
+    from typer.testing import CliRunner
+
+    from results_store.cli.main import app
+
+    data = tmp_path / "data"
+    _backtest(data, "r", "2024-01-01", "2024-01-01 06:00")
+    runner = CliRunner()
+
+    def run(*args: str) -> object:
+        return runner.invoke(app, [*args, "--data-dir", str(data)])
+
+    done = run("backup")
+    assert done.exit_code == 0 and "backtest: backup" in done.output, done.output
+    assert "backtest" in run("backups").output
+    (data / "backtest" / "runs" / "_delta_log" / "00000000000000000001.json").unlink()
+    assert run("checksum", "verify").exit_code == 1
+    fixed = run("restore", "--table", "runs")
+    assert fixed.exit_code == 0 and "1 files" in fixed.output, fixed.output
+
+    # A run finished 40 days ago: pinned, retention keeps it; unpinned, a dry run lists it.
+    record = latest_run(data, "backtest", "r")
+    append_run_record(data, "backtest", run_id="r", mode=record["mode"], status="finished",
+                      config_json=orjson.loads(record["config_json"]), config_hash=record["config_hash"],
+                      started_at=pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=41),
+                      finished_at=pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=40), row_counts=record["row_counts"])
+    assert run("pin", "r").exit_code == 0 and lifecycle.pinned_runs(data, "backtest") == {"r"}
+    planned = orjson.loads(run("retention", "--dry-run", "--days", "30", "-e", "backtest", "--json").stdout)
+    assert planned["backtest"]["held"] == [{"run_id": "r", "why": "pinned"}] and planned["backtest"]["removals"] == []
+    assert run("unpin", "r").exit_code == 0 and lifecycle.pinned_runs(data, "backtest") == set()
+    planned = orjson.loads(run("retention", "--dry-run", "--days", "30", "-e", "backtest", "--json").stdout)
+    [removal] = planned["backtest"]["removals"]
+    assert removal["run_id"] == "r" and removal["rows"]["raw_snapshots"] == 6 and removal["bytes"] > 0
+    assert planned["backtest"]["dry_run"] and latest_run(data, "backtest", "r")["status"] == "finished"
+    unknown = run("pin", "no-such-run")
+    assert unknown.exit_code == 2 and "RST-302" in unknown.output

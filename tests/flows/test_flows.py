@@ -268,6 +268,17 @@ async def test_the_nightly_lifecycle_flows_verify_back_up_and_keep_what_is_recen
     report = (await _artifacts("checksum"))["checksum"].data
     assert "**FAILED**" in report and damaged.name in report and "truncated" in report
 
+    # A damaged file the backup does not hold yet is not copied: the backup run fails, naming it.
+    await backtest_results(mode="pure_lending", run_id="m2", start="2024-02-01", end="2024-02-02", freq="1h",
+                           data_dir=str(tmp_path))
+    fresh = next((tmp_path / "backtest" / "raw_snapshots").glob("run_id=m2/*.parquet"))
+    fresh.write_bytes(fresh.read_bytes()[:-1] + b"?")
+    with pytest.raises(ComponentError) as incomplete:
+        await backup(execution_modes=["backtest"], data_dir=str(tmp_path))
+    assert incomplete.value.error_code == "RST-005" and fresh.name in str(incomplete.value)
+    report = (await _artifacts("backup"))["backup"].data
+    assert "Backup: **FAILED**" in report and fresh.name in report and "no manifest written" in report
+
 
 def test_cli_backtest_and_rerun_print_the_run_summary(tmp_path):
     runner = CliRunner()
