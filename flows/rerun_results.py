@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from results_store.rerun import lineage_report
+from results_store.rerun import check_result_types, lineage_report, table_versions
 from results_store.runs import latest_run
 from schemas.identifiers import validate_run_id
 from schemas.modes import ExecutionMode
@@ -52,13 +52,15 @@ async def rerun_results(
     strict: bool = False,
     execution_mode: ExecutionMode | None = None,
     data_dir: str | None = None,
+    empty_dropped_tables: bool = False,
 ) -> dict[str, Any]:
     """Re-derive a run's result tables from its raw snapshots: new versions or a new run, never a silent overwrite.
 
     Args:
         run_id: the run to re-derive.
         new_run_id: write a new run (its parent_run_id is run_id) instead of new versions of run_id's tables.
-        result_types: result types to derive. Default: the run's own.
+        result_types: result types to derive; must include balance_sheet, pnl_attribution, risk_metrics and
+            execution_log (every mode stores them). Default: the run's own.
         balance_sheet_assets: assets balance-sheet rows may name. Default: the run's own.
         pnl_attribution_types: PnL attribution types. Default: the run's own.
         delta_tracking_assets: delta-tracking assets. Default: the run's own.
@@ -68,12 +70,15 @@ async def rerun_results(
         strict: fail on the first invalid row instead of quarantining it.
         execution_mode: backtest or live runs. Default: BASIS_EXECUTION_MODE (of the worker), else backtest.
         data_dir: root of the tables. Default: BASIS_DATA_DIR, else ./data (relative to the worker).
+        empty_dropped_tables: in place, allow result_types that leave out a table holding the run's rows:
+            its rows are removed in a new version (listed in the report). Off: such a rerun is refused.
     """
     logger = get_run_logger()
     # Before any work, both ids: a bad new_run_id used to fail only once the rerun was under way.
     validate_run_id(run_id)
     if new_run_id is not None:
         validate_run_id(new_run_id)
+    check_result_types(result_types)
     execution_mode = execution_mode or load_settings().execution_mode
     root = resolve_data_dir(data_dir)
     requested: dict[str, Any] = {
@@ -84,11 +89,14 @@ async def rerun_results(
     }
     overrides = {k: v for k, v in requested.items() if v is not None}
     source = await asyncio.to_thread(latest_run, root, execution_mode, run_id)
+    # A new run's registry record keeps only its versions after: the report's "before" comes from here.
+    before = await asyncio.to_thread(table_versions, root, execution_mode)
     summary = await rederive(run_id, execution_mode=execution_mode, data_dir=str(root), overrides=overrides,
-                             new_run_id=new_run_id, strict=strict)
+                             new_run_id=new_run_id, strict=strict, empty_dropped_tables=empty_dropped_tables)
     record = await asyncio.to_thread(latest_run, root, execution_mode, summary.run_id)
     await publish_run_summary(summary)
-    await publish_markdown(lineage_report(run_id, summary, source, record, overrides), f"rerun-{summary.run_id}",
+    await publish_markdown(lineage_report(run_id, summary, source, record, overrides, before),
+                           f"rerun-{summary.run_id}",
                            f"versions before/after and lineage of the rerun of {run_id}")
     logger.info("rerun of %s written as %s (overrides: %s)", run_id, summary.run_id, overrides or "none")
     return summary.to_dict()

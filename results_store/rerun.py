@@ -42,7 +42,7 @@ import asyncio
 import hashlib
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -65,7 +65,7 @@ from results_store.store import ResultsStore
 from results_store.summary import RunSummary
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig, config_hash
-from schemas.result_types import ResultType
+from schemas.result_types import ALWAYS_STORED, ResultType
 from schemas.settings import StoreSettings, load_settings
 from schemas.store_tables import QUARANTINE, QUARANTINE_SCHEMA, RAW_SNAPSHOTS
 from schemas.tables import arrow_schema
@@ -93,6 +93,26 @@ LIVE_DAY_GRACE = timedelta(minutes=15)
 # The quarantine rows of snapshots that broke the contract: their timesteps are not in raw_snapshots.
 CONTRACT_REJECTION = "snapshot"
 _SHOWN = 10  # damaged timesteps named in a message (details carry up to 100)
+
+
+def check_result_types(result_types: Sequence[str | ResultType] | None) -> None:
+    """RST-201 in one line, before any work, if ``result_types`` lacks a type every mode stores.
+
+    (The mode's own check would say it too, but only once the rerun is under way, in pydantic's words.)
+    """
+    if result_types is None:
+        return
+    given = {ResultType(t) for t in result_types}
+    missing = [t.value for t in ALWAYS_STORED if t not in given]
+    if missing:
+        raise ComponentError("RST-201", f"result_types must include {', '.join(t.value for t in ALWAYS_STORED)} "
+                             f"(every mode stores them); missing {', '.join(missing)}")
+
+
+def table_versions(root: Path, execution_mode: str) -> dict[str, int | None]:
+    """Each result and quarantine table's current version (None: not created yet), for a rerun report."""
+    names = [*(t.value for t in ResultType), QUARANTINE]
+    return {n: delta_tables.version(delta_tables.table_path(root, execution_mode, n)) for n in names}
 
 
 def apply_overrides(config: ModeConfig, overrides: dict[str, Any] | None) -> ModeConfig:
@@ -189,12 +209,17 @@ def rederive_run(
     overrides: dict[str, Any] | None = None,
     new_run_id: str | None = None,
     strict: bool = False,
+    empty_dropped_tables: bool = False,
 ) -> RunSummary:
-    """Re-derive ``run_id``'s result tables from its raw snapshots; see the module docstring for the rules."""
+    """Re-derive ``run_id``'s result tables from its raw snapshots; see the module docstring for the rules.
+
+    In place, result types that leave out a table holding the run's rows would empty it in a new
+    version: refused (RST-201 naming the tables) unless ``empty_dropped_tables``.
+    """
     if new_run_id:
         return asyncio.run(rederive_run_async(data_dir=data_dir, execution_mode=execution_mode, run_id=run_id,
                                               overrides=overrides, new_run_id=new_run_id, strict=strict))
-    return _rerun_in_place(data_dir, execution_mode, run_id, overrides, strict)
+    return _rerun_in_place(data_dir, execution_mode, run_id, overrides, strict, empty_dropped_tables)
 
 
 async def rederive_run_async(
@@ -205,10 +230,12 @@ async def rederive_run_async(
     overrides: dict[str, Any] | None = None,
     new_run_id: str | None = None,
     strict: bool = False,
+    empty_dropped_tables: bool = False,
 ) -> RunSummary:
     """:func:`rederive_run` for callers already inside an event loop (async flows)."""
     if not new_run_id:
-        return await asyncio.to_thread(_rerun_in_place, data_dir, execution_mode, run_id, overrides, strict)
+        return await asyncio.to_thread(_rerun_in_place, data_dir, execution_mode, run_id, overrides, strict,
+                                       empty_dropped_tables)
     if new_run_id == run_id:
         raise ComponentError("RST-201", f"new_run_id {new_run_id!r} is the run being re-derived; leave it out to "
                              "rerun in place, or name another run")
@@ -336,7 +363,7 @@ def _check_not_written(root: Path, execution_mode: str, run_id: str) -> None:
 
 # ----------------------------------------------------------------------------- in place
 def _rerun_in_place(data_dir: Path, execution_mode: str, run_id: str, overrides: dict[str, Any] | None,
-                    strict: bool) -> RunSummary:
+                    strict: bool, empty_dropped_tables: bool = False) -> RunSummary:
     root = load_settings(data_dir=data_dir).root
     _source_record(root, execution_mode, run_id)  # an unknown run is refused before any lock file is made
     with _writing(root, execution_mode, run_id, "an in-place rerun now would replace it with only the timesteps "
@@ -344,10 +371,23 @@ def _rerun_in_place(data_dir: Path, execution_mode: str, run_id: str, overrides:
         record = _source_record(root, execution_mode, run_id)  # its state now that nobody else writes it
         _require_finished(record, run_id)
         config, settings = _configure(record, overrides, data_dir, strict)
+        emptied = _tables_emptied(root, execution_mode, run_id, config)
+        if emptied and not empty_dropped_tables:
+            raise ComponentError("RST-201", f"rerunning {run_id} in place with result_types "
+                                 f"{[t.value for t in config.results_store.result_types]} would empty "
+                                 f"{', '.join(emptied)} in a new version; allow it (empty_dropped_tables, CLI "
+                                 "--empty-dropped-tables) or rerun as a new run")
         raw = read_raw_snapshots(root, execution_mode, run_id)
         if execution_mode == "live":
             _require_day_over(run_id, raw)
         return _rederive_in_place(config, settings, execution_mode, run_id, record, root, raw)
+
+
+def _tables_emptied(root: Path, execution_mode: str, run_id: str, config: ModeConfig) -> list[str]:
+    """The result tables holding rows of the run that ``config``'s result types leave out."""
+    kept = {t.value for t in config.results_store.result_types}
+    paths = {t.value: delta_tables.table_path(root, execution_mode, t.value) for t in ResultType if t.value not in kept}
+    return sorted(n for n, p in paths.items() if delta_tables.table_exists(p) and delta_tables.count_rows(p, run_id=run_id))
 
 
 def _contract_rejections(path: Path, run_id: str) -> pa.Table:
@@ -409,19 +449,22 @@ def _rederive_in_place(config: ModeConfig, settings: StoreSettings, execution_mo
             reader = pads.dataset(spool / name, format="parquet", schema=schema).scanner().to_reader()
             after[name] = delta_tables.overwrite_run(paths[name], reader, run_id=run_id,
                                                      last_timestep=last_step, metadata={**meta, "table": name})
-    for name in set(all_result_tables) - set(names):
+    emptied: list[str] = []
+    for name in sorted(set(all_result_tables) - set(names)):
         if delta_tables.count_rows(paths[name], run_id=run_id):
             delta_tables.delete_run(paths[name], run_id)
+            emptied.append(name)
             version = delta_tables.version(paths[name])
             if version is not None:
                 after[name] = version
     rows = {n: delta_tables.count_rows(paths[n], run_id=run_id) for n in names}
+    files = {n: len(delta_tables.data_files(paths[n], run_id=run_id)) for n in names}
     append_run_record(
         root, execution_mode, run_id=run_id, mode=config.mode, status="finished",
         config_json=config.redacted(), config_hash=config_hash(config),
         started_at=pd.Timestamp(record["started_at"]).to_pydatetime(), finished_at=datetime.now(UTC),
         parent_run_id=record.get("parent_run_id") or None, row_counts=rows,
-        table_versions={"before": before, "after": after},
+        table_versions={"before": before, "after": after, "emptied": emptied},
         note=f"rerun in place: result_types={[t.value for t in config.results_store.result_types]}; "
              f"{len(raw):,} timesteps re-derived, {kept.num_rows:,} contract rejections (RST-101) kept",
     )
@@ -430,21 +473,27 @@ def _rederive_in_place(config: ModeConfig, settings: StoreSettings, execution_mo
         run_id=run_id, mode=config.mode, execution_mode=execution_mode, timesteps_received=len(raw),
         timesteps_written=len(raw), rows=rows, commits=dict.fromkeys(after, 1), quarantined=quarantined,
         elapsed_s=elapsed, throughput=len(raw) / elapsed if elapsed else 0.0,
-        table_paths={n: str(paths[n]) for n in names}, table_versions=after,
+        table_paths={n: str(paths[n]) for n in names}, table_versions=after, data_files=files,
         parent_run_id=record.get("parent_run_id") or None,
     )
 
 
 def lineage_report(run_id: str, summary: RunSummary, source: dict[str, Any] | None, record: dict[str, Any] | None,
-                   overrides: dict[str, Any]) -> str:
-    """Markdown: what was rerun, with which overrides, and each table's version before and after."""
+                   overrides: dict[str, Any], versions_before: dict[str, int | None] | None = None) -> str:
+    """Markdown: what was rerun, with which overrides, each table's version before and after, and
+    the tables an in-place rerun emptied. ``versions_before`` (:func:`table_versions` read before
+    the rerun) gives a new run's "version before", which its registry record does not keep."""
     versions = (record or {}).get("table_versions") or {}
-    # In place the registry records {"before": ..., "after": ...}; a new run records its versions flat.
-    before: dict[str, Any] = versions.get("before", {}) if "after" in versions else {}
-    after: dict[str, Any] = versions.get("after", versions)
-    rows = [{"table": name, "version before": before.get(name), "version after": after.get(name),
-             "rows": summary.rows.get(name)}
-            for name in sorted(set(before) | set(after) | set(summary.rows))]
+    # In place the registry records {"before": ..., "after": ..., "emptied": [...]}; a new run its versions flat.
+    in_place = "after" in versions
+    before: dict[str, Any] = versions.get("before", {}) if in_place else dict(versions_before or {})
+    after: dict[str, Any] = versions.get("after", versions) if in_place else versions
+    emptied: list[str] = list(versions.get("emptied", [])) if in_place else []
+    tables = sorted(set(after) | set(summary.rows) | (set(before) & set(after)))
+    # A table the rerun created had no version before: "—", never a blank or "None".
+    rows = [{"table": name, "version before": _cell(before.get(name)), "version after": _cell(after.get(name)),
+             "rows": _cell(summary.rows.get(name))}
+            for name in tables]
     lines = [
         f"# Rerun of `{run_id}`",
         "",
@@ -454,9 +503,14 @@ def lineage_report(run_id: str, summary: RunSummary, source: dict[str, Any] | No
         f"- source run: mode `{(source or {}).get('mode')}`, config `{str((source or {}).get('config_hash'))[:12]}`",
         f"- overrides: {', '.join(f'{k}={v}' for k, v in overrides.items()) or 'none'}",
         f"- snapshots re-derived: {summary.timesteps_received:,}; quarantined rows: {summary.quarantined:,}",
+        f"- emptied (result types left out, their rows removed in a new version): {', '.join(emptied) or 'none'}",
         "",
         markdown_table(rows),
         "",
         "Earlier versions stay readable: `results-store show RUN_ID --table TABLE --version N`.",
     ]
     return "\n".join(lines)
+
+
+def _cell(value: Any) -> Any:
+    return "—" if value is None else value

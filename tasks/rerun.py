@@ -21,7 +21,8 @@ __all__ = ["rederive"]
 
 @task(name="rederive-run", cache_policy=NO_CACHE)
 async def rederive(run_id: str, *, execution_mode: str, data_dir: str | None, overrides: dict[str, Any],
-                   new_run_id: str | None, strict: bool) -> RunSummary:
+                   new_run_id: str | None, strict: bool, empty_dropped_tables: bool = False) -> RunSummary:
     """Re-derive the run's result tables from raw_snapshots (a new run, or new versions in place)."""
     return await rederive_run_async(data_dir=resolve_data_dir(data_dir), execution_mode=execution_mode,
-                                    run_id=run_id, overrides=overrides, new_run_id=new_run_id, strict=strict)
+                                    run_id=run_id, overrides=overrides, new_run_id=new_run_id, strict=strict,
+                                    empty_dropped_tables=empty_dropped_tables)

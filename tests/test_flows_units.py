@@ -122,8 +122,9 @@ def test_the_lineage_report_shows_versions_before_and_after():
     assert "new versions of the same run" in report and "result_types=['balance_sheet']" in report
 
     child = lineage_report("r1", _summary("r2", "r1"), None, {"table_versions": {"balance_sheet": 6},
-                                                            "parent_run_id": "r1"}, {})
-    assert "a new run; parent `r1`" in child and "| balance_sheet |  | 6 | 100 |" in child
+                                                            "parent_run_id": "r1"}, {}, {"balance_sheet": 5})
+    # A new run: "version before" is the table's version before the rerun wrote, never blank.
+    assert "a new run; parent `r1`" in child and "| balance_sheet | 5 | 6 | 100 |" in child
     assert "`r1` → `r2`" in child
 
 

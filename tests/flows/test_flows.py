@@ -220,8 +220,14 @@ async def test_rerun_with_other_result_types_makes_new_versions_and_keeps_the_ol
 
     lean = [ResultType(t) for t in ("balance_sheet", "pnl_attribution", "risk_metrics", "execution_log",
                                     "leverage_tracking")]
-    first = await rerun_results(run_id="src", result_types=lean, data_dir=str(tmp_path))
-    second = await rerun_results(run_id="src", result_types=lean, data_dir=str(tmp_path))
+    # In place, fewer result types would empty dust_tracking and funding_tracking: refused unless asked.
+    refused = await rerun_results(run_id="src", result_types=lean, data_dir=str(tmp_path), return_state=True)
+    assert refused.is_failed() and "RST-201" in str(refused.message) and "dust_tracking" in str(refused.message)
+    assert _version(tmp_path, "dust_tracking") == dust_before
+    first = await rerun_results(run_id="src", result_types=lean, data_dir=str(tmp_path), empty_dropped_tables=True)
+    emptied = (await _artifacts("rerun-src"))["rerun-src"].data.split("emptied (")[1].splitlines()[0]
+    assert "dust_tracking" in emptied and "funding_tracking" in emptied
+    second = await rerun_results(run_id="src", result_types=lean, data_dir=str(tmp_path), empty_dropped_tables=True)
 
     assert _version(tmp_path, "balance_sheet") > balance_before
     assert first["rows"] == second["rows"]  # idempotent: the same rows, not doubled
@@ -232,11 +238,21 @@ async def test_rerun_with_other_result_types_makes_new_versions_and_keeps_the_ol
     assert versions["after"]["balance_sheet"] > versions["before"]["balance_sheet"]
     report = (await _artifacts("rerun-src"))["rerun-src"].data
     assert "| balance_sheet |" in report and "version before" in report
+    assert "removed in a new version): none" in report  # the second rerun had nothing left to empty
+    assert "None" not in report and "None" not in (await _artifacts("run-summary-src"))["run-summary-src"].data
+
+    # The four every mode stores are required: refused before any work, in one line.
+    state = await rerun_results(run_id="src", result_types=[ResultType("balance_sheet")], data_dir=str(tmp_path),
+                                return_state=True)
+    assert state.is_failed() and "RST-201" in str(state.message) and "execution_log" in str(state.message)
 
     child = await rerun_results(run_id="src", new_run_id="src-child", result_types=lean, data_dir=str(tmp_path))
     assert _record(tmp_path, "src-child")["parent_run_id"] == "src"
     assert child["rows"]["balance_sheet"] == first["rows"]["balance_sheet"]
-    assert "parent `src`" in (await _artifacts("rerun-src-child"))["rerun-src-child"].data
+    child_report = (await _artifacts("rerun-src-child"))["rerun-src-child"].data
+    assert "parent `src`" in child_report
+    balance = next(line for line in child_report.splitlines() if line.startswith("| balance_sheet |"))
+    assert balance.split("|")[2].strip() not in ("", "None", "—")  # the table's version before the rerun
 
 
 async def test_the_nightly_lifecycle_flows_verify_back_up_and_keep_what_is_recent(tmp_path):
