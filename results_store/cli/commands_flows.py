@@ -252,6 +252,8 @@ def rerun(
     strict: Strict = False,
     execution_mode: ExecutionMode = "backtest",
     data_dir: DataDir = ...,  # type: ignore[assignment]  # typer fills it from DataDir's default_factory
+    empty_dropped_tables: Annotated[bool, typer.Option(help="in place: allow --result-types that leave out a table "
+                                                       "holding the run's rows (emptied in a new version)")] = False,
 ) -> None:
     """Re-derive a run's tables with new parameters: new versions (or a new run), never a silent overwrite."""
     started = time.perf_counter()
@@ -260,6 +262,7 @@ def rerun(
         balance_sheet_assets=_csv(balance_sheet_assets), pnl_attribution_types=_csv(pnl_attribution_types),
         delta_tracking_assets=_csv(delta_tracking_assets), funding_tracking_venues=_csv(funding_tracking_venues),
         dust_tracking_tokens=_csv(dust_tracking_tokens), strict=strict, execution_mode=execution_mode,
+        empty_dropped_tables=empty_dropped_tables,
     )
     _print_summary(summary, time.perf_counter() - started)
 

@@ -312,6 +312,11 @@ def test_cli_backtest_and_rerun_print_the_run_summary(tmp_path):
     result = runner.invoke(app, ["rerun", "no-such-run", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "RST-302" in result.output
 
+    # Without the four types every mode stores: one RST-201 line, exit 2, before any work.
+    result = runner.invoke(app, ["rerun", "cli-1", "--result-types", "balance_sheet", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "RST-201" in result.output and "missing pnl_attribution" in result.output
+    assert "Traceback" not in result.output and "validation error" not in result.output
+
 
 def test_cli_ingest_of_a_file_with_one_bad_line_of_each_kind_accounts_for_every_line(tmp_path):
     from tests.test_snapshot_files import _file_with_one_line_of_each_kind
