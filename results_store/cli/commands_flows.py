@@ -6,11 +6,11 @@ as its own child so that it dies with the command, even one killed with SIGKILL 
 server, so the runs show in its UI. Prefect is imported only after ``_prepare_prefect`` has set
 its environment, which is why the flow modules are imported inside the functions.
 
-Everything a flow is given is checked before Prefect starts (mode, execution mode, run ids: in
-``options``; the data dir, writable), so bad input ends the command
-at once with its RST line, not with a Prefect ``ParameterTypeError`` after a server start. A flow
-that fails ends the command with its one line too (``output.fail``); Prefect's own report of the
-failure, traceback included, stays in the flow-run log (``_leave_failures_to_the_cli``).
+Everything a flow is given is checked before Prefect starts (mode, execution mode, run ids and a
+user's mode file in ``options`` and ``_mode_and_config``; the data dir must be writable), so bad
+input ends the command at once with its RST line, not with a Prefect ``ParameterTypeError`` after a
+server start. A flow that fails ends the command with its one line too (``output.fail``); Prefect's
+own report of the failure, traceback included, stays in the flow-run log (``_leave_failures_to_the_cli``).
 """
 
 from __future__ import annotations
