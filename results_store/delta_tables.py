@@ -337,14 +337,21 @@ def read(
     columns: list[str] | None = None,
     filter: pads.Expression | None = None,
 ) -> pa.Table:
-    """Read a table (optionally one run's partition, at a past version)."""
+    """Read a table (optionally one run's partition, at a past version).
+
+    Page checksums are verified where the files have them: a damaged page fails the read as RST-005
+    (corruption, never retried) instead of decoding into wrong values or a retried RST-001.
+    """
     with storage_errors("read", path):
         table = open_table(path, version)
         if table is None:
             raise ComponentError("RST-302", f"no Delta table at {path}", details={"path": str(path)})
         partitions = [(PARTITION_COLUMN, "=", run_id)] if run_id is not None else None
         dataset = table.to_pyarrow_dataset(file_pruning_predicate=partitions)
-        return dataset.to_table(columns=columns, filter=filter)
+        return dataset.to_table(columns=columns, filter=filter, fragment_scan_options=_VERIFIED_SCAN)
+
+
+_VERIFIED_SCAN = pads.ParquetFragmentScanOptions(page_checksum_verification=True, pre_buffer=True)
 
 
 def count_rows(path: Path, *, run_id: str | None = None) -> int:

@@ -24,6 +24,7 @@ from results_store.cli.main import app
 from results_store.drive import run_snapshots
 from results_store.events import event_log_path
 from results_store.simulator.reference import ReferenceEngine
+from schemas.errors import ComponentError
 from schemas.modes import load_mode
 
 MODE = "pure_lending"
@@ -218,3 +219,18 @@ def test_the_cli_exits_1_naming_the_damaged_file_and_logs_rst_005(tmp_path):
     fixed = runner.invoke(app, ["restore", "--data-dir", str(tmp_path)])
     assert fixed.exit_code == 0, fixed.output
     assert runner.invoke(app, ["checksum", "verify", "--data-dir", str(tmp_path)]).exit_code == 0
+
+
+def test_a_damaged_page_fails_a_read_as_corruption_not_as_a_retried_storage_error(tmp_path):
+    path = tmp_path / "t"
+    delta_tables.append_exactly_once(path, pa.table({"run_id": ["r"], "timestep": [0], "blob": [os.urandom(200_000).hex()]}),
+                                     run_id="r", last_timestep=0)
+    file = next(path.glob("run_id=r/*.parquet"))
+    chunk = pq.ParquetFile(file).metadata.row_group(0).column(1)
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    data = bytearray(file.read_bytes())
+    data[start + chunk.total_compressed_size // 2] ^= 0x10
+    file.write_bytes(bytes(data))
+    with pytest.raises(ComponentError) as damaged:
+        delta_tables.read(path)
+    assert damaged.value.error_code == "RST-005" and not damaged.value.transient
