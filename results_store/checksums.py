@@ -62,6 +62,7 @@ __all__ = [
     "VerifyReport",
     "adopt",
     "commit_marker",
+    "expired_log_files",
     "file_sha256",
     "find_commit",
     "forget",
@@ -657,6 +658,16 @@ def verify_table(root: Path, execution_mode: str, table: str, *, run_id: str | N
 
     _untracked(table_dir, manifest, disk, report, problem, run_id, now, in_flight_seconds, latest)
     return report
+
+
+def expired_log_files(table_dir: Path) -> list[str]:
+    """Recorded log files delta-rs has removed past the log retention (no hashing: a listing and the manifest)."""
+    manifest = load_manifest(Path(table_dir))
+    checkpoints = manifest.checkpoints()
+    disk = set(_disk_files(Path(table_dir)))
+    now = time.time()
+    return sorted(path for path, entry in manifest.expected().items()
+                  if entry.kind == "log" and path not in disk and _expired(entry, manifest, checkpoints, now))
 
 
 def _expired(entry: FileEntry, manifest: Manifest, checkpoints: list[int], now: float) -> bool:

@@ -458,8 +458,7 @@ def _commits_since_checkpoint(path: Path) -> int:
 
 def _forget_expired_log(path: Path) -> None:
     """Log files delta-rs removed past its retention: forgotten, so they are no longer expected."""
-    report = checksums.verify_table(path.parent.parent, path.parent.name, path.name)
-    checksums.forget(path, report.expired, reason="log retention")
+    checksums.forget(path, checksums.expired_log_files(path), reason="log retention")
 
 
 def _record_expired(root: Path, mode: str, record: dict[str, Any], removal: RunRemoval, plan: RetentionPlan) -> None:

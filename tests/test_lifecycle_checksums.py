@@ -234,3 +234,22 @@ def test_a_damaged_page_fails_a_read_as_corruption_not_as_a_retried_storage_erro
     with pytest.raises(ComponentError) as damaged:
         delta_tables.read(path)
     assert damaged.value.error_code == "RST-005" and not damaged.value.transient
+
+
+def test_log_files_delta_rs_cleaned_up_past_the_log_retention_are_expired_not_missing(tmp_path, monkeypatch):
+    path = tmp_path / "backtest" / "t"
+    for step in range(12):
+        delta_tables.append_exactly_once(path, pa.table({"run_id": ["r"], "timestep": [step], "v": [1.0]}),
+                                         run_id="r", last_timestep=step)
+    assert delta_tables.checkpoint(path) == 12
+    for version in range(6):  # what delta-rs' log clean-up removes: entries before a checkpoint, past the retention
+        (path / "_delta_log" / f"{version:020d}.json").unlink()
+    missing = checksums.verify(tmp_path, ["backtest"], in_flight_seconds=0)
+    assert {p.problem for p in missing.problems} == {"missing"}  # within the retention: a loss, named
+    monkeypatch.setattr(checksums, "LOG_RETENTION", checksums.timedelta(0))
+    report = checksums.verify(tmp_path, ["backtest"], in_flight_seconds=0)
+    assert report.ok and len(report.tables[0].expired) == 6
+    assert len(checksums.expired_log_files(path)) == 6
+    checksums.forget(path, checksums.expired_log_files(path), reason="log retention")
+    assert checksums.expired_log_files(path) == [] and len(checksums.load_manifest(path).forgotten) == 6
+    assert delta_tables.read(path).num_rows == 12
