@@ -33,8 +33,8 @@ from tasks.store import retry_if_transient
 ROOT = Path(__file__).resolve().parents[1]
 FLOW_MODULES = ["flows.backtest_results", "flows.backtest_inbox", "flows.live_snapshots", "flows.rerun_results",
                 "flows.audit_results", "flows.backup", "flows.checksum", "flows.retention"]
-TASK_MODULES = ["tasks.artifacts", "tasks.audit", "tasks.export", "tasks.inbox", "tasks.maintenance", "tasks.report", "tasks.rerun",
-                "tasks.store"]
+TASK_MODULES = ["tasks.artifacts", "tasks.audit", "tasks.export", "tasks.inbox", "tasks.maintenance", "tasks.report",
+                "tasks.rerun", "tasks.store"]
 
 
 def test_the_mode_drop_down_offers_exactly_the_configured_modes():
