@@ -510,7 +510,7 @@ def test_simulate_writes_one_line_per_timestep_and_says_how_many(tmp_path: Path)
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--mode", "no_such_mode"], "unknown mode 'no_such_mode'"),
+    (["--mode", "no_such_mode"], "'no_such_mode' is not a strategy mode"),
     (["--mode", "btc_basis", "--freq", "1M"], "freq"),
 ])
 def test_simulate_explains_a_bad_mode_or_frequency_and_exits_2(tmp_path: Path, args: list[str], message: str) -> None:
