@@ -200,10 +200,11 @@ def test_a_rerun_triggered_like_the_ui_run_button_writes_a_new_version_with_line
         assert read_table(tmp_path, "backtest", "balance_sheet", run_id="desk-1-lean").num_rows == balance_rows
         assert read_table(tmp_path, "backtest", "dust_tracking", run_id="desk-1-lean").num_rows == 0
 
-        # In place: new versions of desk-1's partitions; the versions before stay readable.
+        # In place: new versions of desk-1's partitions; the versions before stay readable. Leaving out
+        # dust_tracking empties it, which the form only does when asked to (empty_dropped_tables).
         dust_before = table_version(tmp_path, "backtest", "dust_tracking")
         run = _wait_for(api, _run_button(api, deployment["id"], {
-            "run_id": "desk-1", "data_dir": str(tmp_path), "result_types": lean,
+            "run_id": "desk-1", "data_dir": str(tmp_path), "result_types": lean, "empty_dropped_tables": True,
         }), worker_log)
         assert run["state"]["type"] == "COMPLETED", _tail(worker_log)
         record = latest_run(tmp_path, "backtest", "desk-1")
