@@ -12,7 +12,8 @@ Prints, in one process run:
   against the day's rows written once (one Parquet file per table, the store's settings).
 
 Run: ``.venv/bin/python bench/bench_lifecycle.py`` (the W1 year: 525,600 timesteps of
-usdt_market_neutral, all 8 result types); ``--steps 43200`` for a month, ``--skip-live`` to leave out the day.
+usdt_market_neutral, all 8 result types); ``--steps 43200`` for a month, ``--skip-live`` to leave out the day,
+``--live-only`` for the day alone.
 """
 
 from __future__ import annotations
@@ -189,7 +190,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=YEAR, help="timesteps of the W1 run (default: a year)")
     parser.add_argument("--skip-live", action="store_true")
+    parser.add_argument("--live-only", action="store_true", help="only the live day")
     args = parser.parse_args()
+    if args.live_only:
+        bench_live_day()
+        return
     root = OUT / "lifecycle-w1"
     shutil.rmtree(root, ignore_errors=True)
     started = time.perf_counter()

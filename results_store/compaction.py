@@ -139,7 +139,7 @@ class LiveCompaction:
                 if run_id == self.run_id:
                     continue
                 over = [f for f in files if not Path(f.path).name.startswith(delta_tables.COMPACTED_PREFIX)
-                        and f.max_timestamp_us is not None and f.max_timestamp_us < midnight]
+                        and (f.num_records == 0 or (f.max_timestamp_us is not None and f.max_timestamp_us < midnight))]
                 if len(over) < 2:
                     continue
                 try:

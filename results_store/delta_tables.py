@@ -401,8 +401,9 @@ def compact_run(path: Path, run_id: str, *, compression: Compression = "zstd", m
             files = [f for f in files if not Path(f.path).name.startswith((MERGED_PREFIX, COMPACTED_PREFIX))]
         elif select == "uncompacted":
             files = [f for f in files if not Path(f.path).name.startswith(COMPACTED_PREFIX)]
-        if before_us is not None:
-            files = [f for f in files if f.max_timestamp_us is not None and f.max_timestamp_us < before_us]
+        if before_us is not None:  # files of no rows belong to no day: they go with any
+            files = [f for f in files if f.num_records == 0
+                     or (f.max_timestamp_us is not None and f.max_timestamp_us < before_us)]
         if len(files) < max(min_files, 1) or (len(files) == 1 and select != "all"):
             return {"numFilesAdded": 0, "numFilesRemoved": 0}
         adds, rows = _rewrite_files(path, run_id, listed.schema, files, compression, output)
@@ -425,6 +426,8 @@ def _rewrite_files(path: Path, run_id: str, schema: pa.Schema, files: Sequence[D
             # one row group (<= ROW_GROUP_ROWS rows) in memory at a time.
             reader = pq.ParquetFile(source.path)
             for index in range(reader.metadata.num_row_groups):
+                if not reader.metadata.row_group(index).num_rows:
+                    continue  # an empty file's empty row group: nothing to carry over
                 group = reader.read_row_group(index)
                 if writer is None:
                     writer = _StatsWriter(path, directory, f"{prefix}-{uuid.uuid4()}.{compression}.parquet", file_schema,
