@@ -7,8 +7,8 @@ skips what the first committed. The OS drops the lock when a process dies, even 
 
 Waiting is bounded (``timeout_s``) and logged, so a run whose lock is never freed fails with
 RST-301 naming the lock instead of hanging. ``flock`` locks belong to an open file, not to a
-process: a second open of the same path in the same process would wait on itself forever. The
-module therefore remembers which paths this process holds and refuses such a second holder at once.
+process, so two collections of one run in the same process (two flows on one event loop) also
+wait for each other; acquiring again through the same object is a no-op.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -28,8 +27,6 @@ DEFAULT_LOCK_TIMEOUT_S = 600.0
 _POLL_S = 0.05
 
 _log = logging.getLogger(__name__)
-_held: dict[Path, RunLock] = {}
-_held_guard = threading.Lock()
 
 
 class RunLock:
@@ -49,13 +46,6 @@ class RunLock:
         """Hold the lock; RST-301 if another holder keeps it past the timeout. Idempotent for this object."""
         if self._fd is not None:
             return
-        key = self.path.resolve()
-        with _held_guard:
-            holder = _held.get(key)
-        if holder is not None and holder is not self:
-            raise ComponentError("RST-301", f"{self.path}: this process already holds the lock (an earlier "
-                                 "attempt of the run did not release it); refusing to wait on itself",
-                                 details={"lock": str(self.path)})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -64,8 +54,6 @@ class RunLock:
             os.close(fd)
             raise
         self._fd = fd
-        with _held_guard:
-            _held[key] = self
 
     def _wait(self, fd: int) -> None:
         started = last_log = time.monotonic()
@@ -90,8 +78,6 @@ class RunLock:
         """Free the lock; safe to call when it is not held."""
         if self._fd is None:
             return
-        with _held_guard:
-            _held.pop(self.path.resolve(), None)
         fd, self._fd = self._fd, None
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
