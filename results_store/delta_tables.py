@@ -29,7 +29,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake import (
+    CommitProperties,
+    DeltaTable,
+    PostCommitHookProperties,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
 from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMismatchError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction
 
@@ -106,6 +113,13 @@ def table_path(root: Path, execution_mode: str, name: str) -> Path:
 def run_app_id(run_id: str) -> str:
     """The Delta application-transaction id that makes a run's commits idempotent."""
     return f"results-store:{run_id}"
+
+
+# After each commit delta-rs writes a checkpoint every 100 versions (kept) and, by default, looks for
+# expired log files to delete, which lists and stats the whole log: 25-30 ms per commit at 1,500
+# versions and growing, 3/4 of a live commit's time. Log clean-up is the nightly retention's job
+# (``cleanup_log``), so commits skip it.
+_HOOKS = PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)
 
 
 def _marked(metadata: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
@@ -206,6 +220,7 @@ def append_exactly_once(
                 custom_metadata=custom,
                 app_transactions=[Transaction(run_app_id(run_id), last_timestep)],
             ),
+            post_commithook_properties=_HOOKS,
         )
         # The handle is brought up to date by the next append (it reads only newer log entries).
         return _record(path, before, marker)
@@ -276,10 +291,11 @@ def overwrite_run(
         if before is not None:
             write_deltalake(str(path), data, mode="overwrite", predicate=f"{PARTITION_COLUMN} = '{_quote(run_id)}'",
                             partition_by=[PARTITION_COLUMN], writer_properties=_writer_properties(compression),
-                            commit_properties=commit)
+                            commit_properties=commit, post_commithook_properties=_HOOKS)
         else:  # nothing to replace yet; an overwrite with a predicate needs an existing table
             write_deltalake(str(path), data, mode="append", partition_by=[PARTITION_COLUMN],
-                            writer_properties=_writer_properties(compression), commit_properties=commit)
+                            writer_properties=_writer_properties(compression), commit_properties=commit,
+                            post_commithook_properties=_HOOKS)
         return _record(path, -1 if before is None else before, marker)
 
 
@@ -299,7 +315,7 @@ def write_plain(path: Path, data: pa.Table, *, partitioned: bool = False, merge_
     marker, custom = _marked(None)
     write_deltalake(str(path), data, mode="append", partition_by=[PARTITION_COLUMN] if partitioned else None,
                     schema_mode="merge" if merge_schema else None,
-                    commit_properties=CommitProperties(custom_metadata=custom))
+                    commit_properties=CommitProperties(custom_metadata=custom), post_commithook_properties=_HOOKS)
     with storage_errors("record checksums", path):
         _record(path, -1 if before is None else before, marker)
 
@@ -319,7 +335,7 @@ def delete_rows(path: Path, predicate: str, *, compression: Compression = "zstd"
         before = table.version()
         marker, custom = _marked(metadata)
         metrics = table.delete(predicate, writer_properties=_writer_properties(compression),
-                               commit_properties=CommitProperties(custom_metadata=custom))
+                               commit_properties=CommitProperties(custom_metadata=custom), post_commithook_properties=_HOOKS)
         if int(metrics.get("num_deleted_rows") or 0) or int(metrics.get("num_removed_files") or 0):
             metrics["version"] = _record(path, before, marker)
         return metrics
@@ -631,7 +647,8 @@ def _commit_replacement(table: DeltaTable, path: Path, run_id: str, adds: Sequen
     try:
         table.create_write_transaction([*adds, *removes], mode="append", schema=table.schema(),
                                        partition_by=[PARTITION_COLUMN],
-                                       commit_properties=CommitProperties(custom_metadata=custom))
+                                       commit_properties=CommitProperties(custom_metadata=custom),
+                                       post_commithook_properties=_HOOKS)
     except BaseException:
         for add in adds:  # the commit did not happen: nothing refers to the new files
             (path / add.path).unlink(missing_ok=True)
@@ -671,7 +688,8 @@ def set_log_retention(path: Path, hours: float) -> bool:
         before = table.version()
         marker, custom = _marked({"results_store_step": "log_retention"})
         table.alter.set_table_properties({"delta.logRetentionDuration": wanted},
-                                         commit_properties=CommitProperties(custom_metadata=custom))
+                                         commit_properties=CommitProperties(custom_metadata=custom),
+                                         post_commithook_properties=_HOOKS)
         _record(path, before, marker)
         return True
 
