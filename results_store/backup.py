@@ -443,9 +443,6 @@ def restore(root: Path, execution_mode: str, uri: str, *, table: str | None = No
             report = checksums.verify(root, [execution_mode], table=table, run_id=run_id, all_versions=True,
                                       in_flight_seconds=in_flight_seconds)
             wanted = list(_wanted(report, mode_dir, result))
-            # A table gone whole: everything the backup holds of it.
-            gone = {f"{execution_mode}/{p.table}/" for p in report.problems if p.kind == "table"}
-            wanted += [rel for rel in sorted(chosen.files) if any(rel.startswith(prefix) for prefix in gone)]
             if not wanted:
                 break
             for rel in wanted:
@@ -472,8 +469,6 @@ def _wanted(report: checksums.VerifyReport, mode_dir: Path, result: RestoreResul
     """The backup paths that would repair what ``report`` found."""
     mode = mode_dir.name
     for problem in report.problems:
-        if problem.kind == "table":
-            continue  # the caller takes every file of the table from the backup
         table_dir = mode_dir / problem.table
         if problem.path == f"{LOG_DIR}/{checksums.LAST_CHECKPOINT}":
             (table_dir / problem.path).unlink(missing_ok=True)

@@ -48,7 +48,6 @@ from urllib.parse import unquote
 import orjson
 
 from schemas.errors import ComponentError
-from schemas.store_tables import RUN_TABLES
 
 __all__ = [
     "CHUNK_BYTES",
@@ -770,39 +769,8 @@ def verify(root: Path, execution_modes: Sequence[str] = ("backtest", "live"), *,
             for name in names:
                 report.tables.append(verify_table(root, mode, name, run_id=run_id, all_versions=all_versions,
                                                   in_flight_seconds=in_flight_seconds, hash_pool=pool))
-            report.tables += _missing_tables(root, mode, table, run_id)
     report.elapsed_s = time.perf_counter() - started
     return report
-
-
-def _missing_tables(root: Path, execution_mode: str, only: str | None, run_id: str | None) -> list[TableReport]:
-    """Tables gone whole (directory and manifest): the runs registry says which tables hold rows of
-    which runs, and run tables never come without their registry."""
-    present = set(list_tables(root, execution_mode))
-    if not present:
-        return []
-    expected: dict[str, set[str]] = {"runs": set()} if present & set(RUN_TABLES) and "runs" not in present else {}
-    from results_store.runs import read_runs  # at call time: runs -> delta_tables -> this module
-
-    try:
-        records = read_runs(root, execution_mode).to_dict("records") if "runs" in present else []
-    except Exception:  # a registry that cannot be read is reported by its own files' verification
-        records = []
-    for record in records:
-        if record["status"] == "expired" or (run_id is not None and record["run_id"] != run_id):
-            continue
-        for name, rows in orjson.loads(record["row_counts_json"] or "{}").items():
-            if rows:
-                expected.setdefault(str(name), set()).add(str(record["run_id"]))
-    reports = []
-    for name, runs in sorted(expected.items()):
-        if name in present or (only is not None and name != only):
-            continue
-        missing = TableReport(execution_mode, name)
-        missing.problems.append(Problem(execution_mode, name, "", "table", "missing", tuple(sorted(runs)), "all",
-                                        "the whole table is gone (the runs registry records rows in it)"))
-        reports.append(missing)
-    return reports
 
 
 def iter_expected(root: Path, execution_mode: str) -> Iterator[tuple[str, Manifest]]:

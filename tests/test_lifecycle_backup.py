@@ -200,17 +200,3 @@ def test_the_lifecycle_commands_back_up_restore_list_pin_and_plan_retention(tmp_
     assert planned["backtest"]["dry_run"] and latest_run(data, "backtest", "r")["status"] == "finished"
     unknown = run("pin", "no-such-run")
     assert unknown.exit_code == 2 and "RST-302" in unknown.output
-
-
-def test_a_table_deleted_whole_is_named_from_the_runs_registry_and_restored(tmp_path):
-    data = tmp_path / "data"
-    _backtest(data, "r", "2024-01-01", "2024-01-01 06:00")
-    location = str(tmp_path / "b")
-    assert backup.backup(data, "backtest", location).ok
-    before = delta_tables.read(data / "backtest" / "raw_snapshots")
-    shutil.rmtree(data / "backtest" / "raw_snapshots")  # directory, log and manifest alike
-
-    [problem] = checksums.verify(data, ["backtest"], in_flight_seconds=0).problems
-    assert (problem.table, problem.kind, problem.problem, problem.runs) == ("raw_snapshots", "table", "missing", ("r",))
-    assert backup.restore(data, "backtest", location).ok
-    assert delta_tables.read(data / "backtest" / "raw_snapshots").equals(before)
