@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
+import pyarrow as pa
 
 from results_store import delta_tables
 from results_store.allocators import tune_allocators
@@ -726,21 +727,26 @@ class ResultsStore:
         """Store the pending live snapshots of one collection, same shapes as the backtest call."""
         await self._store_many(request_id, results)
 
-    async def retrieve_results(self, query: dict[str, Any]) -> list[dict[str, Any]]:
-        """Rows of one table: ``{"result_type": ..., "run_id": ... (default this run), "version": ...}``."""
-        from results_store.reading import read_table
+    async def retrieve_results(self, query: dict[str, Any]) -> pd.DataFrame | pa.Table:
+        """The spec's ``retrieve_results(query)``: ``results_store.query.retrieve_results`` on this store's
+        tables, ``run_id`` defaulting to this run. Every key of that query is taken (result_type, run_id(s),
+        start/end, columns, where, version/as_of, points/every/how, limit, output); filters are pushed
+        down to the files. ``raw_snapshots`` and ``quarantine`` are read by ``version`` and ``limit`` only."""
+        from results_store.query import retrieve_results
 
         table = str(query.get("result_type", ""))
         if table not in self.table_paths:
             raise ComponentError("RST-302", f"no table {table!r} in this run; tables: {sorted(self.table_paths)}")
-        data = await asyncio.to_thread(
-            read_table, self.root, self.execution_mode, table,
-            run_id=query.get("run_id", self.run_id), version=query.get("version"),
-        )
-        if "limit" in query:
-            data = data.slice(0, int(query["limit"]))
-        rows: list[dict[str, Any]] = data.to_pylist()  # pyarrow is untyped here: name what it returns
-        return rows
+        if table in (RAW_SNAPSHOTS, QUARANTINE):
+            from results_store.reading import read_table
+
+            data = await asyncio.to_thread(read_table, self.root, self.execution_mode, table,
+                                           run_id=query.get("run_id", self.run_id), version=query.get("version"))
+            if query.get("limit") is not None:
+                data = data.slice(0, int(query["limit"]))
+            return data if query.get("output") == "arrow" else data.to_pandas()
+        scoped = dict(query) if ("run_id" in query or "run_ids" in query) else {**query, "run_id": self.run_id}
+        return await asyncio.to_thread(retrieve_results, self.root, scoped, execution_mode=self.execution_mode)
 
     async def cleanup_old_results(self, retention_days: int) -> list[str]:
         """Apply retention with ``retention_days`` to this execution mode (never to this run); the runs removed.
