@@ -39,7 +39,8 @@ from schemas.result_types import ResultType
 from schemas.settings import StoreSettings
 from schemas.store_tables import QUARANTINE, QUARANTINE_SCHEMA, RAW_SNAPSHOTS, RAW_SNAPSHOTS_SCHEMA
 
-__all__ = ["BACKTEST_RETRY", "LIVE_RETRY", "BatchWriter", "CommitOutcome", "PreparedBatch", "Queued", "RetryPolicy"]
+__all__ = ["BACKTEST_RETRY", "LIVE_RETRY", "BatchTally", "BatchWriter", "CommitOutcome", "PreparedBatch", "Queued",
+           "RetryPolicy"]
 
 # A queued snapshot, as a plain tuple because it is built on the engine's hot path:
 # (timestep, timestamp in µs since epoch UTC, timestamp as given, results dict, monotonic enqueue time)
@@ -59,9 +60,13 @@ class RetryPolicy:
     wait_max_s: float
     wait_jitter_s: float = 1.0
 
-    def attempts_on_transient(self) -> Iterator[stamina.Attempt]:
-        """stamina's attempts, retrying only what ``error_map`` calls transient (its test mode drops the waits)."""
-        return iter(stamina.retry_context(on=is_transient, attempts=self.attempts, timeout=self.timeout_s,
+    def attempts_on_transient(self, retry_if: Callable[[], bool] | None = None) -> Iterator[stamina.Attempt]:
+        """stamina's attempts, retrying only what ``error_map`` calls transient (its test mode drops the waits)
+        and, with ``retry_if``, only while it says a new attempt can still succeed."""
+        def on(exc: Exception) -> bool:
+            return is_transient(exc) and (retry_if is None or retry_if())
+
+        return iter(stamina.retry_context(on=on, attempts=self.attempts, timeout=self.timeout_s,
                                           wait_initial=self.wait_initial_s, wait_max=self.wait_max_s,
                                           wait_jitter=self.wait_jitter_s))
 
@@ -112,6 +117,30 @@ class PreparedBatch:
 
 
 @dataclass
+class BatchTally:
+    """What a batch streamed chunk by chunk amounts to, once its chunks' tables are written and gone."""
+
+    first_timestep: int
+    last_timestep: int
+    timesteps: int = 0
+    quarantined: int = 0
+    errors: list[ComponentError] = field(default_factory=list)
+    prepare_s: float = 0.0
+
+    @staticmethod
+    def of(chunk: PreparedBatch) -> BatchTally:
+        return BatchTally(chunk.first_timestep, chunk.last_timestep).add(chunk)
+
+    def add(self, chunk: PreparedBatch) -> BatchTally:
+        self.last_timestep = chunk.last_timestep
+        self.timesteps += chunk.timesteps
+        self.quarantined += chunk.quarantined
+        self.errors.extend(chunk.errors)
+        self.prepare_s += chunk.prepare_s
+        return self
+
+
+@dataclass
 class CommitOutcome:
     versions: dict[str, int]
     commits: int
@@ -151,6 +180,11 @@ class BatchWriter:
         self.bad_lines: dict[int, list[tuple[int, BadLine]]] = {}
         # Open table handles, one per table; each is only used by that table's (sequential) commits.
         self._handles: dict[str, delta_tables.TableHandle | None] = {}
+        # The batch being streamed: its open data file per table, the row schema of every table, and
+        # how many chunks went in.
+        self._open: dict[str, delta_tables.RunFile] = {}
+        self._schemas: dict[str, pa.Schema] = {}
+        self._streamed = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(4, len(table_paths)), thread_name_prefix="results-store-write"
         )
@@ -244,94 +278,173 @@ class BatchWriter:
             schema=RAW_SNAPSHOTS_SCHEMA,
         )
 
-    # -- commit (worker thread) ---------------------------------------------------------------
-    def commit(self, batch: PreparedBatch) -> CommitOutcome:
-        """Commit every table of ``batch``; raise a ComponentError if a table could not be committed:
-        a terminal one at once, a transient one once its retries are exhausted. The tables that did
-        commit keep their commit (the next attempt skips them by their app-transaction version)."""
+    # -- write and commit (writer threads) --------------------------------------------------------
+    # A batch is streamed: each prepared chunk goes into the batch's open data file of every table
+    # (``stream``) and is dropped; when the batch is due, ``finish`` closes the files and commits
+    # them, one commit per table carrying the batch's last timestep as its app-transaction version.
+    # Memory stays at the chunk being written, whatever the batch size, and a batch of many chunks
+    # is one file per table, so a finished run needs little compaction.
+    def stream(self, chunk: PreparedBatch) -> None:
+        """Write ``chunk``'s rows (those past each table's committed timestep) into the batch's files,
+        every table side by side. A failure abandons the batch's files and is raised (mapped); a
+        transient one is retried first while the table's file holds no earlier chunk (the rows of
+        the earlier chunks are gone from memory, so only a resume can write them again)."""
+        futures = {name: self._pool.submit(self._stream_table, name, table, chunk)
+                   for name, table in chunk.tables.items()}
+        errors: list[ComponentError] = []
+        for name, future in futures.items():
+            try:
+                future.result()
+            except Exception as exc:
+                errors.append(map_error(exc, f"write {name}", self.table_paths[name]))
+        if errors:
+            self.abandon()
+            raise min(errors, key=lambda error: error.transient)
+        self._streamed += 1
+
+    def _stream_table(self, name: str, table: pa.Table, chunk: PreparedBatch) -> None:
+        self._schemas.setdefault(name, table.schema)
+        committed = self.committed.get(name)
+        if committed is not None and committed >= chunk.last_timestep:
+            return
+        if committed is not None and table.num_rows:
+            table = table.filter(pc.greater(table["timestep"], committed))
+        if not table.num_rows:
+            return
+        retry_if = lambda: name not in self._open  # noqa: E731 - read when a write has failed
+        for attempt in self.retry.attempts_on_transient(retry_if):
+            with attempt:
+                file = self._open.get(name)
+                fresh = file is None
+                if file is None:
+                    file = delta_tables.open_run_file(self.table_paths[name], self.run_id, table.schema,
+                                                      self.settings.compression)
+                try:
+                    with storage_errors(f"write {name}", self.table_paths[name]):
+                        file.write(table)
+                except ComponentError as exc:
+                    # A file a write failed in cannot be trusted: it goes, and with it the batch's earlier rows.
+                    file.abandon()
+                    self._open.pop(name, None)
+                    if fresh and exc.transient and self.on_failed_attempt is not None:
+                        self.on_failed_attempt(exc, attempt.num, name)
+                    raise
+                self._open[name] = file
+                return
+
+    def finish(self, first_timestep: int, last_timestep: int) -> CommitOutcome:
+        """Close the batch's files and commit every table; raise a ComponentError if a table could not be
+        committed: a terminal one at once, a transient one once its retries are exhausted. The tables that
+        did commit keep their commit (the next attempt skips them by their app-transaction version)."""
         started = time.perf_counter()
-        futures = {
-            name: self._pool.submit(self._commit_table, name, table, batch)
-            for name, table in batch.tables.items()
+        files, self._open = self._open, {}
+        closing = {name: self._pool.submit(delta_tables.close_run_file, file) for name, file in files.items()}
+        adds: dict[str, list[delta_tables.FileAction]] = {}
+        errors: list[ComponentError] = []
+        for name, closed in closing.items():
+            try:
+                adds[name] = [closed.result()]
+            except Exception as exc:
+                errors.append(map_error(exc, f"write {name}", self.table_paths[name]))
+        if errors:
+            for name, added in adds.items():  # closed but never to be committed
+                delta_tables.discard_run_files(self.table_paths[name], added)
+            raise min(errors, key=lambda error: error.transient)
+        commits_of = {
+            name: self._pool.submit(self._commit_table, name, adds.get(name, []), first_timestep, last_timestep)
+            for name in self._schemas
         }
         versions: dict[str, int] = {}
         rows: dict[str, int] = {}
         commits = retries = 0
-        errors: list[ComponentError] = []
-        for name, future in futures.items():
+        for name, committing in commits_of.items():
             try:
-                version, written, attempts = future.result()
+                version, attempts = committing.result()
             except Exception as exc:
                 errors.append(map_error(exc, f"commit {name}", self.table_paths[name]))
                 continue
             retries += attempts - 1
-            rows[name] = written
+            rows[name] = files[name].rows if name in files and version is not None else 0
             if version is not None:
                 versions[name] = version
                 commits += 1
-            self.committed[name] = batch.last_timestep
+            self.committed[name] = last_timestep
+        self._streamed = 0
         if errors:
             # A terminal error first: retrying the batch cannot succeed while it stands.
             raise min(errors, key=lambda error: error.transient)
         return CommitOutcome(versions, commits, rows, time.perf_counter() - started, retries)
 
-    def _commit_table(self, name: str, table: pa.Table, batch: PreparedBatch) -> tuple[int | None, int, int]:
+    def commit(self, batch: PreparedBatch) -> CommitOutcome:
+        """Write and commit ``batch`` whole (a live batch; one chunk). A transient failure of a file
+        write is retried by ``stream`` (the batch is in memory), of a commit by ``finish``."""
+        self.stream(batch)
+        return self.finish(batch.first_timestep, batch.last_timestep)
+
+    def abandon(self) -> None:
+        """Delete the open batch's files (a failed batch: nothing will commit them)."""
+        files, self._open = self._open, {}
+        for file in files.values():
+            file.abandon()
+        self._streamed = 0
+
+    def _commit_table(self, name: str, adds: list[delta_tables.FileAction], first_timestep: int,
+                      last_timestep: int) -> tuple[int | None, int]:
         committed = self.committed.get(name)
-        if committed is not None and committed >= batch.last_timestep:
-            return None, 0, 1
-        if committed is not None and table.num_rows:
-            table = table.filter(pc.greater(table["timestep"], committed))
+        if committed is not None and committed >= last_timestep:
+            return None, 1
         metadata = {
             **self.commit_metadata,
             "run_id": self.run_id,
             "table": name,
             "schema_version": SCHEMA_VERSION,
-            "first_timestep": str(batch.first_timestep),
-            "last_timestep": str(batch.last_timestep),
+            "first_timestep": str(first_timestep),
+            "last_timestep": str(last_timestep),
         }
+        # The files are on disk: a failed commit is retried with them as they are.
         for attempt in self.retry.attempts_on_transient():
             with attempt:
                 try:
-                    version = self._write_with_timeout(name, table, batch.last_timestep, metadata)
+                    version = self._commit_with_timeout(name, adds, last_timestep, metadata)
                 except ComponentError as exc:
                     if exc.transient and self.on_failed_attempt is not None:
                         self.on_failed_attempt(exc, attempt.num, name)
                     raise
-                return version, table.num_rows, attempt.num
+                return version, attempt.num
         raise AssertionError("unreachable: stamina re-raises the last failure")
 
-    def _write_with_timeout(self, name: str, table: pa.Table, last_timestep: int,
-                            metadata: dict[str, Any]) -> int | None:
-        # A timed-out write cannot be cancelled; wait for it to settle before any retry, so two
+    def _commit_with_timeout(self, name: str, adds: list[delta_tables.FileAction], last_timestep: int,
+                             metadata: dict[str, Any]) -> int | None:
+        # A timed-out commit cannot be cancelled; wait for it to settle before any retry, so two
         # attempts never run at once (the app-transaction check then makes the retry a no-op).
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        future = executor.submit(
-            self._append_with_handle, name, self.table_paths[name], table, run_id=self.run_id,
-            last_timestep=last_timestep, compression=self.settings.compression, metadata=metadata,
-        )
+        future = executor.submit(self._commit_with_handle, name, adds, last_timestep, metadata)
         try:
             return future.result(timeout=self.settings.timeout)
         except concurrent.futures.TimeoutError:
             with contextlib.suppress(Exception):  # its outcome is read back by the retry's version check
                 future.result()
             raise ComponentError(
-                "RST-003", f"writing {name} ({table.num_rows} rows) took longer than "
-                f"{self.settings.timeout:g} s", details={"table": name, "rows": table.num_rows},
+                "RST-003", f"committing {name} took longer than {self.settings.timeout:g} s",
+                details={"table": name, "files": len(adds)},
             ) from None
         except Exception as exc:
             # A failed attempt may leave the cached handle behind the log: the next one reopens it.
             self._handles.pop(name, None)
-            raise map_error(exc, f"write {name}", self.table_paths[name]) from exc
+            raise map_error(exc, f"commit {name}", self.table_paths[name]) from exc
         finally:
             executor.shutdown(wait=False)
 
-    def _append_with_handle(self, name: str, path: Path, data: pa.Table, **kwargs: Any) -> int | None:
-        """``delta_tables.append_exactly_once``, reusing one open table per result table: opening a
+    def _commit_with_handle(self, name: str, adds: list[delta_tables.FileAction], last_timestep: int,
+                            metadata: dict[str, Any]) -> int | None:
+        """``delta_tables.commit_run_files``, reusing one open table per result table: opening a
         Delta table replays its log, which three opens per table per batch made a visible share of a commit."""
+        path = self.table_paths[name]
         handle = self._handles.get(name)
         if handle is None:
             handle = delta_tables.open_table(path)  # still None before the table's first commit
-        version = delta_tables.append_exactly_once(path, data, table=handle, **kwargs)
+        version = delta_tables.commit_run_files(path, adds, run_id=self.run_id, last_timestep=last_timestep,
+                                                schema=self._schemas[name], metadata=metadata, table=handle)
         self._handles[name] = handle if handle is not None else delta_tables.open_table(path)
         return version
 
@@ -355,6 +468,7 @@ class BatchWriter:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.abandon()
 
 
 def utc_now() -> datetime:

@@ -51,11 +51,15 @@ __all__ = [
     "MERGED_PREFIX",
     "PARTITION_COLUMN",
     "SORTED_ROW_GROUP_ROWS",
+    "FileAction",
+    "RunFile",
     "TableFiles",
     "TableHandle",
     "append_exactly_once",
     "checkpoint",
     "cleanup_log",
+    "close_run_file",
+    "commit_run_files",
     "committed_txn_version",
     "compact_run",
     "compact_run_sorted",
@@ -63,7 +67,9 @@ __all__ = [
     "data_files",
     "delete_rows",
     "delete_run",
+    "discard_run_files",
     "history",
+    "open_run_file",
     "open_table",
     "overwrite_run",
     "read",
@@ -85,6 +91,8 @@ error_map.register(DeltaProtocolError, "RST-005")  # a log this reader cannot fo
 PARTITION_COLUMN = "run_id"
 # An open table, for callers that keep one between commits (the batch writer); only this module opens it.
 TableHandle = DeltaTable
+# A data file written but not yet committed (``close_run_file``), as ``commit_run_files`` takes it.
+FileAction = AddAction
 
 # Compact a finished run into files of up to this size; 1M rows of our widest table is ~40 MB.
 TARGET_FILE_BYTES = 512 * 1024 * 1024
@@ -187,15 +195,8 @@ def append_exactly_once(
     ``last_timestep`` (a retry after an unclear failure, or a replay after a crash): then nothing
     is written. Callers must pass only rows with timestep > the committed version.
 
-    ``table``: an open handle of the table at ``path`` to reuse across batches. It is brought up
-    to date first (cheap: only newer log entries are read), so a commit by another writer or by
-    an attempt whose outcome was unclear is seen before the app-transaction check.
-
-    The rows go into one Parquet file that pyarrow writes into the run's partition, and one Delta
-    commit adds that file together with the app transaction (``create_write_transaction``).
-    delta-rs' own writer held ~145 MB more per 20,000-timestep batch, most of it copies made to
-    split the rows by partition, which a batch of one run does not need, and was slower. A crash
-    between file and commit leaves a file no version refers to: no reader sees it, vacuum removes it.
+    One file (``open_run_file``) and one commit (``commit_run_files``); the store's batch writer
+    calls the two itself, to stream a batch into its file chunk by chunk.
     """
     with storage_errors("append", path):
         if table is not None:
@@ -205,14 +206,100 @@ def append_exactly_once(
         committed = table.transaction_version(run_app_id(run_id)) if table is not None else None
         if committed is not None and committed >= last_timestep:
             return None
+        file = open_run_file(path, run_id, data.schema, compression)
+        try:
+            file.write(data)
+        except BaseException:
+            file.abandon()
+            raise
+        add = close_run_file(file)
+    return commit_run_files(path, [add], run_id=run_id, last_timestep=last_timestep, schema=data.schema,
+                            metadata=metadata, table=table)
+
+
+class RunFile:
+    """One Parquet file of one run's partition, written chunk by chunk (each chunk as whole row groups,
+    with page checksums) before any commit names it; ``close_run_file`` makes its add action.
+
+    Memory stays at the chunk being written: nothing of an earlier chunk is held, so a batch of any
+    size costs what one chunk does. A crash before the commit leaves a file no version refers to: no
+    reader sees it, vacuum removes it.
+    """
+
+    def __init__(self, path: Path, run_id: str, schema: pa.Schema, compression: Compression) -> None:
+        directory = f"{PARTITION_COLUMN}={quote(run_id, safe='')}"
+        self.run_id = run_id
+        self.path = path
+        self.rows = 0
+        self._file_schema = pa.schema([f for f in schema if f.name != PARTITION_COLUMN])
+        self._writer = _StatsWriter(path, directory, f"part-00000-{uuid.uuid4()}-c000.{compression}.parquet",
+                                    self._file_schema, "none" if compression == "uncompressed" else compression,
+                                    whole_groups=False)
+
+    def write(self, data: pa.Table) -> None:
+        """Append ``data`` (rows of this run, the table's schema with its partition column) to the file."""
+        _check_one_run(data, self.run_id, self.path)
+        if data.num_rows:
+            self._writer.write(data.drop_columns([PARTITION_COLUMN]))
+            self.rows += data.num_rows
+
+    def abandon(self) -> None:
+        """Close and delete the file: no commit will name it (a failed write, a batch given up)."""
+        self._writer.abandon()
+
+
+def open_run_file(path: Path, run_id: str, schema: pa.Schema, compression: Compression = "zstd") -> RunFile:
+    """A new data file in ``run_id``'s partition of the table at ``path`` (rows of ``schema``)."""
+    with storage_errors("open a data file", path):
+        return RunFile(path, run_id, schema, compression)
+
+
+def close_run_file(file: RunFile) -> AddAction:
+    """Finish ``file`` (its footer, its Delta statistics); the add action that commits it.
+    On failure the file is deleted and the error raised."""
+    try:
+        with storage_errors("write a data file", file.path):
+            return file._writer.close(file.run_id, data_change=True)
+    except BaseException:
+        file.abandon()
+        raise
+
+
+def commit_run_files(
+    path: Path,
+    files: Sequence[AddAction],
+    *,
+    run_id: str,
+    last_timestep: int,
+    schema: pa.Schema,
+    metadata: dict[str, Any] | None = None,
+    table: DeltaTable | None = None,
+) -> int | None:
+    """Add ``files`` (written by ``open_run_file``) to the table in one commit that records
+    ``last_timestep`` for the run (its application transaction); none: the commit records only that.
+
+    Returns the new version, or None when the table had already committed this run up to
+    ``last_timestep``: the files are then not added again. They stay where they are, because they may
+    be the very files an attempt whose outcome was unclear (a timeout) committed; if not, no version
+    refers to them and vacuum removes them.
+    ``table``: an open handle to reuse across batches, brought up to date first (only newer log entries
+    are read), so a commit by another writer or by an attempt whose outcome was unclear is seen.
+    ``schema``: the table's rows, partition column included (the table is created with it if needed).
+    """
+    with storage_errors("commit", path):
+        if table is not None:
+            table.update_incremental()
+        else:
+            table = open_table(path)
+        committed = table.transaction_version(run_app_id(run_id)) if table is not None else None
+        if committed is not None and committed >= last_timestep:
+            return None
         if table is None:
-            table = _create_partitioned(path, data.schema)
-        _check_one_run(data, run_id, path)
-        add = _write_partition_file(path, data, run_id, compression)
+            table = _create_partitioned(path, schema)
         before = table.version()
         marker, custom = _marked(metadata)
         table.create_write_transaction(
-            [add],
+            list(files),
             mode="append",
             schema=table.schema(),
             partition_by=[PARTITION_COLUMN],
@@ -222,8 +309,14 @@ def append_exactly_once(
             ),
             post_commithook_properties=_HOOKS,
         )
-        # The handle is brought up to date by the next append (it reads only newer log entries).
+        # The handle is brought up to date by the next commit (it reads only newer log entries).
         return _record(path, before, marker)
+
+
+def discard_run_files(path: Path, files: Sequence[AddAction]) -> None:
+    """Delete written files that no commit will add (a batch given up, or already committed)."""
+    for add in files:  # on disk as their add action names them (the run id percent-encoded)
+        (path / add.path).unlink(missing_ok=True)
 
 
 def _create_partitioned(path: Path, schema: pa.Schema) -> DeltaTable:
@@ -247,28 +340,6 @@ def _check_one_run(data: pa.Table, run_id: str, path: Path) -> None:
     if data.num_rows and not pc.all(pc.equal(data[PARTITION_COLUMN], run_id)).as_py():
         raise ComponentError("RST-901", f"append to {path}: rows of other runs in a batch of run {run_id!r}",
                              details={"path": str(path)})
-
-
-def _write_partition_file(path: Path, data: pa.Table, run_id: str, compression: Compression) -> AddAction:
-    """Write ``data`` (without its partition column, as Delta stores it) as a file of ``run_id``'s partition."""
-    directory = f"{PARTITION_COLUMN}={quote(run_id, safe='')}"
-    name = f"part-00000-{uuid.uuid4()}-c000.{compression}.parquet"
-    (path / directory).mkdir(parents=True, exist_ok=True)
-    file = path / directory / name
-    try:
-        pq.write_table(data.drop_columns([PARTITION_COLUMN]), file, row_group_size=ROW_GROUP_ROWS,
-                       compression="none" if compression == "uncompressed" else compression,
-                       write_page_checksum=PAGE_CHECKSUMS, write_statistics=_statistics_columns(data.schema))
-    except BaseException:
-        # A half-written file (a full disk) is in no version, but would hold its space until vacuum.
-        file.unlink(missing_ok=True)
-        raise
-    stat = file.stat()
-    stats = _Stats(data.schema)
-    stats.add(data)
-    # delta-rs takes the path as it is written on disk (the run id percent-encoded, as Hive does).
-    return AddAction(f"{directory}/{name}", stat.st_size, {PARTITION_COLUMN: run_id},
-                     int(stat.st_mtime * 1000), True, json.dumps(stats.to_json()))
 
 
 def overwrite_run(
@@ -483,8 +554,13 @@ class _StatsWriter:
     folded from the row groups' own Parquet statistics once it is written (the columns written
     without them, the payloads, are computed as rows go through)."""
 
-    def __init__(self, path: Path, directory: str, name: str, schema: pa.Schema, codec: str) -> None:
+    def __init__(self, path: Path, directory: str, name: str, schema: pa.Schema, codec: str, *,
+                 whole_groups: bool = True) -> None:
+        """``whole_groups``: buffer rows into row groups of ROW_GROUP_ROWS (a compaction); without it
+        each ``write`` goes to the file at once, as row groups of at most that size (a streamed append:
+        holding a remainder would keep the whole chunk it slices alive)."""
         (path / directory).mkdir(parents=True, exist_ok=True)
+        self.whole_groups = whole_groups
         self.rel = f"{directory}/{name}"
         self.file = path / directory / name
         self.sink = pa.OSFile(str(self.file), "wb")
@@ -498,6 +574,9 @@ class _StatsWriter:
 
     def write(self, part: pa.Table) -> None:
         self.stats.add(part, columns=self.computed)
+        if not self.whole_groups:
+            self.writer.write_table(part, row_group_size=ROW_GROUP_ROWS)
+            return
         self.pending.append(part)
         self.pending_rows += part.num_rows
         if self.pending_rows >= ROW_GROUP_ROWS:
@@ -517,13 +596,14 @@ class _StatsWriter:
     def bytes_written(self) -> int:
         return int(self.sink.tell())
 
-    def close(self, run_id: str) -> AddAction:
+    def close(self, run_id: str, *, data_change: bool = False) -> AddAction:
+        """The file's add action: ``data_change`` for new rows (an append), not for rows moved (a compaction)."""
         self._flush()
         self.writer.close()
         self.sink.close()
         self.stats.fold_parquet(self.file, skip=self.computed)
         stat = self.file.stat()
-        return AddAction(self.rel, stat.st_size, {PARTITION_COLUMN: run_id}, int(stat.st_mtime * 1000), False,
+        return AddAction(self.rel, stat.st_size, {PARTITION_COLUMN: run_id}, int(stat.st_mtime * 1000), data_change,
                          json.dumps(self.stats.to_json()))
 
     def abandon(self) -> None:

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from results_store import delta_tables
 from results_store.allocators import tune_allocators
-from results_store.batch_writer import BatchWriter, PreparedBatch, Queued
+from results_store.batch_writer import BatchTally, BatchWriter, CommitOutcome, PreparedBatch, Queued
 from results_store.compaction import LiveCompaction, last_timestamp_us
 from results_store.error_map import map_error, storage_errors
 from results_store.events import EventLog
@@ -530,11 +530,17 @@ class ResultsStore:
 
     # ----------------------------------------------------------------------------- worker
     async def _worker(self) -> None:
-        """The single consumer: chunk → prepare (thread) → commit batches (thread), in order."""
+        """The single consumer: chunk → prepare → write (thread) → commit when the batch is due, in order.
+
+        Backtest streams: each prepared chunk is written into the batch's open files while the next is
+        prepared, then dropped; the batch's commit comes when it is due. Live commits each batch whole
+        (a live batch is one chunk: a chunk ends when the queue runs empty, which makes it due).
+        """
         assert self._batch_writer is not None
-        pending: list[PreparedBatch] = []
+        pending: list[PreparedBatch] = []  # live: prepared, not yet committed
         pending_steps = 0
         first_pending_at: float | None = None
+        tally: BatchTally | None = None  # backtest: the batch being streamed
         inflight: asyncio.Task[None] | None = None
         stopping = False
         try:
@@ -542,38 +548,48 @@ class ResultsStore:
                 if self._failure is not None:
                     raise self._failure  # a commit failed (see _on_commit_done): the run stops here
                 chunk, stopping = await self._next_chunk(first_pending_at, stopping)
-                if chunk:
-                    if self._live:
-                        # Live: the trading loop shares this event loop and must never wait on us.
-                        prepared = await asyncio.to_thread(self._batch_writer.prepare, chunk)
-                    else:
-                        # Backtest: preparing inline avoids a CPU-bound thread fighting the producer for
-                        # the GIL (measured 2x slower); the engine simply waits, as back-pressure intends.
+                if not self._live:
+                    prepared = None
+                    if chunk:
+                        # Preparing inline avoids a CPU-bound thread fighting the producer for the GIL
+                        # (measured 2x slower); the engine simply waits, as back-pressure intends.
                         prepared = self._batch_writer.prepare(chunk)
-                        await asyncio.sleep(0)
+                        tally = tally.add(prepared) if tally is not None else BatchTally.of(prepared)
+                    due = tally is not None and (stopping or tally.timesteps >= self.settings.commit_batch_size)
+                    if prepared is not None or due:
+                        if inflight is not None:
+                            await inflight  # one chunk written at a time, in order
+                        inflight = asyncio.create_task(self._write(prepared, tally if due else None))
+                        inflight.add_done_callback(self._on_commit_done)
+                        if due:
+                            tally = None
+                    await asyncio.sleep(0)
+                elif chunk:
+                    # Live: the trading loop shares this event loop and must never wait on us.
+                    prepared = await asyncio.to_thread(self._batch_writer.prepare, chunk)
                     pending.append(prepared)
                     pending_steps += prepared.timesteps
                     first_pending_at = first_pending_at or chunk[0][4]
-                due = pending and (
+                commit_now = bool(pending) and (
                     stopping
                     or pending_steps >= self.settings.commit_batch_size
-                    or (self._live and time.monotonic() - (first_pending_at or 0) >= self.settings.flush_interval)
-                    or (self._live and self.results_queue.empty() and not self._backlog())
+                    or time.monotonic() - (first_pending_at or 0) >= self.settings.flush_interval
+                    or (self.results_queue.empty() and not self._backlog())
                 )
-                if due:
+                if commit_now:
                     batch = PreparedBatch.merge(pending)
                     pending, pending_steps, first_pending_at = [], 0, None
                     if inflight is not None:
                         await inflight
                     inflight = asyncio.create_task(self._commit(batch))
                     inflight.add_done_callback(self._on_commit_done)
-                if stopping and not pending and self.results_queue.empty() and not self._backlog():
+                if stopping and not pending and tally is None and self.results_queue.empty() and not self._backlog():
                     break
             if inflight is not None:
                 await inflight
         except BaseException as exc:
             if inflight is not None and not inflight.done():
-                # Let the commit in flight settle (its outcome is in the tables), so that nothing
+                # Let the write in flight settle (its outcome is in the tables), so that nothing
                 # writes while the run is finalized.
                 await asyncio.wait([inflight])
             if isinstance(exc, asyncio.CancelledError):
@@ -626,17 +642,28 @@ class ResultsStore:
             item = self.results_queue.get_nowait()
         return chunk, stopping
 
-    async def _commit(self, batch: PreparedBatch) -> None:
+    async def _write(self, chunk: PreparedBatch | None, due: BatchTally | None) -> None:
+        """Backtest: stream ``chunk`` into the batch's files; then, if the batch ``due`` is complete, commit it."""
         assert self._batch_writer is not None
+        if chunk is not None:
+            await asyncio.to_thread(self._batch_writer.stream, chunk)
+        if due is not None:
+            outcome = await asyncio.to_thread(self._batch_writer.finish, due.first_timestep, due.last_timestep)
+            await self._committed(due, outcome, None)
+
+    async def _commit(self, batch: PreparedBatch) -> None:
+        """Live: commit ``batch`` whole, from the WAL's point of view one sealed segment."""
+        assert self._batch_writer is not None and self._durability is not None
         if self._live_compaction is not None and not self._live_compaction.started:
             # Before the first commit: the run's current day, to notice this batch rolling it over.
             await asyncio.to_thread(self._live_compaction.start)
         # A commit that fails (terminal at once, transient once its retries are spent) ends the run;
         # live keeps the batch in the WAL for the next run.
-        if self._durability is not None:
-            outcome = await self._durability.commit(batch, self._batch_writer.commit)
-        else:
-            outcome = await asyncio.to_thread(self._batch_writer.commit, batch)
+        outcome = await self._durability.commit(batch, self._batch_writer.commit)
+        await self._committed(BatchTally.of(batch), outcome, last_timestamp_us(batch.tables.get(RAW_SNAPSHOTS)))
+
+    async def _committed(self, batch: BatchTally, outcome: CommitOutcome, last_us: int | None) -> None:
+        """The bookkeeping of a committed batch: counters, health, WAL release, live compaction, events."""
         for name, version in outcome.versions.items():
             self._versions[name] = version
             self._commits[name] += 1
@@ -652,8 +679,7 @@ class ResultsStore:
         if self._durability is not None:
             await self._durability.release_through(batch.last_timestep)
         if self._live_compaction is not None:
-            await asyncio.to_thread(self._live_compaction.after_commit, outcome.versions,
-                                    last_timestamp_us(batch.tables.get(RAW_SNAPSHOTS)))
+            await asyncio.to_thread(self._live_compaction.after_commit, outcome.versions, last_us)
         self.event_log.log_event("batch_committed", {
             "run_id": self.run_id, "first_timestep": batch.first_timestep, "last_timestep": batch.last_timestep,
             "timesteps": batch.timesteps, "rows": outcome.rows, "versions": outcome.versions,

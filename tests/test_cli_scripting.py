@@ -86,7 +86,7 @@ class FailOnce:
 
     def __init__(self, table: str, nth: int) -> None:
         self.table, self.nth, self.calls = table, nth, 0
-        self._real = delta_tables.append_exactly_once
+        self._real = delta_tables.commit_run_files
         self._lock = threading.Lock()
 
     def __call__(self, path: Path, data: Any, **kwargs: Any) -> int | None:
@@ -112,7 +112,7 @@ def test_the_progress_bar_counts_stored_timesteps_once_across_a_prefect_retry(tm
 
     monkeypatch.setattr(store_snapshots, "retry_delay_seconds", 0)
     # 30 timesteps in commits of 10: the first attempt commits 10 and fails on the next commit.
-    monkeypatch.setattr(delta_tables, "append_exactly_once", FailOnce("balance_sheet", nth=2))
+    monkeypatch.setattr(delta_tables, "commit_run_files", FailOnce("balance_sheet", nth=2))
     result = runner.invoke(app, ["backtest", "--mode", "pure_lending", "--start", "2024-01-01", "--end",
                                  "2024-01-02 06:00", "--freq", "1h", "--batch-size", "10", "--run-id", "retried",
                                  "--data-dir", str(tmp_path)])

@@ -206,12 +206,12 @@ def test_the_cli_exits_1_naming_the_damaged_file_and_logs_rst_005(tmp_path):
     assert ok.exit_code == 0, ok.output
     assert runner.invoke(app, ["backup", "--data-dir", str(tmp_path)]).exit_code == 0
 
-    file = next((tmp_path / "backtest" / "quarantine").glob("run_id=r/*.parquet"))
+    file = next((tmp_path / "backtest" / "risk_metrics").glob("run_id=r/*.parquet"))
     file.write_bytes(file.read_bytes()[:-1] + b"!")
-    bad = runner.invoke(app, ["checksum", "verify", "--table", "quarantine", "--json", "--data-dir", str(tmp_path)])
+    bad = runner.invoke(app, ["checksum", "verify", "--table", "risk_metrics", "--json", "--data-dir", str(tmp_path)])
     assert bad.exit_code == 1
     [problem] = orjson.loads(bad.stdout)["problems"]
-    assert problem["problem"] == "corrupt" and problem["path"].endswith(file.name) and problem["table"] == "quarantine"
+    assert problem["problem"] == "corrupt" and problem["path"].endswith(file.name) and problem["table"] == "risk_metrics"
     events = [orjson.loads(line) for line in event_log_path(tmp_path).read_text().splitlines()]
     critical = [e for e in events if e["event_type"] == "error" and e["data"].get("error_code") == "RST-005"]
     assert critical and critical[-1]["data"]["error_severity"] == "CRITICAL" and file.name in critical[-1]["message"]

@@ -1,5 +1,5 @@
 """Faults for the store tests, injected below the production write path: a real filesystem that
-fills up or turns read-only, a failing ``delta_tables.append_exactly_once``, and a bound on how
+fills up or turns read-only, a failing ``delta_tables.commit_run_files``, and a bound on how
 long a scenario may take, so that a store that hangs fails its test instead of the suite."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def fill(path: Path, *, leave_bytes: int) -> Path:
 
 
 class FailingAppend:
-    """Stands in for ``delta_tables.append_exactly_once``: raises ``error`` for the chosen tables,
+    """Stands in for ``delta_tables.commit_run_files``: raises ``error`` for the chosen tables,
     the first ``times`` calls (None: always), and commits for real otherwise."""
 
     def __init__(self, error: Callable[[], BaseException], *, tables: set[str] | None = None,
@@ -98,7 +98,7 @@ class FailingAppend:
         self.times = times
         self.failures = 0
         self.calls = 0
-        self._real = delta_tables.append_exactly_once
+        self._real = delta_tables.commit_run_files
         self._lock = threading.Lock()  # tables commit from several writer threads at once
 
     def __call__(self, path: Path, data: Any, **kwargs: Any) -> int | None:

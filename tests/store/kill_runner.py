@@ -15,9 +15,10 @@ test's SIGKILL. Live mode commits whenever its queue runs empty, so with ``write
 committed before that kill.
 
 The store runs unchanged; only two functions of ``results_store.delta_tables``, the layer below
-it, are wrapped: ``append_exactly_once`` (one table commit) and ``_write_partition_file`` (the
-Parquet file that commit adds). The wrappers also let one table write run at a time, so that
-when one pauses no other commit can slip in and the count at the kill is exact.
+it, are wrapped: ``commit_run_files`` (one table commit) and ``close_run_file`` (a Parquet file
+written whole, its footer included, which the batch's commit adds). The wrappers also let one of
+them run at a time, so that when one pauses no other file or commit can slip in and the count at
+the kill is exact (a batch's commits start only once all its files are written).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class Pauses:
 
     def install(self) -> None:
         """Wrap the two delta_tables functions (an AttributeError if they move: the test fails, loudly)."""
-        append = delta_tables.append_exactly_once
-        write_file = delta_tables._write_partition_file
+        append = delta_tables.commit_run_files
+        write_file = delta_tables.close_run_file
 
         def append_counted(*args: Any, **kwargs: Any) -> int | None:
             with self.one_write_at_a_time:
@@ -69,12 +70,13 @@ class Pauses:
                 return version
 
         def write_file_counted(*args: Any, **kwargs: Any) -> Any:
-            add = write_file(*args, **kwargs)
-            self.passed("write")
-            return add
+            with self.one_write_at_a_time:
+                add = write_file(*args, **kwargs)
+                self.passed("write")
+                return add
 
-        delta_tables.append_exactly_once = append_counted  # the same call, counted
-        delta_tables._write_partition_file = write_file_counted  # the same call, counted
+        delta_tables.commit_run_files = append_counted  # the same call, counted
+        delta_tables.close_run_file = write_file_counted  # the same call, counted
 
 
 def pause(point: str) -> None:

@@ -58,7 +58,7 @@ def _os_error(number: int) -> Any:
 async def test_a_terminal_error_fails_the_run_at_its_first_occurrence(
         tmp_path: Path, mn_mode: ModeConfig, monkeypatch: pytest.MonkeyPatch, error: Any, code: str) -> None:
     failing = FailingAppend(error, tables={"balance_sheet"})
-    monkeypatch.setattr(delta_tables, "append_exactly_once", failing)
+    monkeypatch.setattr(delta_tables, "commit_run_files", failing)
     store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="t",
                          settings=load_settings(mn_mode, data_dir=tmp_path))
     await store.start()
@@ -77,7 +77,7 @@ async def test_a_terminal_error_fails_the_run_at_its_first_occurrence(
 async def test_a_transient_error_is_retried_until_it_clears(
         tmp_path: Path, mn_mode: ModeConfig, monkeypatch: pytest.MonkeyPatch, error: Any) -> None:
     failing = FailingAppend(error, tables={"balance_sheet"}, times=3)
-    monkeypatch.setattr(delta_tables, "append_exactly_once", failing)
+    monkeypatch.setattr(delta_tables, "commit_run_files", failing)
     store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="t",
                          settings=load_settings(mn_mode, data_dir=tmp_path))
     async with store:
@@ -99,7 +99,7 @@ async def test_prefect_retries_a_transient_failure_in_the_same_process_and_the_r
     # Every attempt of the task's first try fails; the retry starts in this process, takes the
     # run's lock again and resumes.
     failing = FailingAppend(io_hiccup, tables={"balance_sheet"}, times=4)
-    monkeypatch.setattr(delta_tables, "append_exactly_once", failing)
+    monkeypatch.setattr(delta_tables, "commit_run_files", failing)
     monkeypatch.setattr(tasks.store.store_snapshots, "retry_delay_seconds", 0)
     state = await backtest_results(mode="btc_basis", run_id="hiccup", start="2024-01-01", end="2024-01-01 12:00",
                                    freq="15min", data_dir=str(tmp_path), return_state=True)

@@ -120,6 +120,18 @@ def _expected_commits_per_table(commits: int) -> Counter[int]:
     return Counter({batches + 1: tables_of_next, batches: PER_BATCH - tables_of_next}) - Counter()
 
 
+def _expected_at_write(writes: int, batch_files: list[int]) -> tuple[int, int]:
+    """(table commits, files no commit refers to) when the ``writes``-th file has just been written
+    whole: the batches before it are committed, and none of its batch's files (a batch writes one
+    file per table it has rows for, every table's chunks streamed into them before the first is
+    closed). ``batch_files``: files per batch, in order."""
+    for batch, files in enumerate(batch_files):
+        if writes <= files:
+            return batch * PER_BATCH, files
+        writes -= files
+    raise AssertionError("past the run's last file")
+
+
 def _assert_equals_an_uninterrupted_run(data_dir: Path, reference: dict[str, tuple[int, str]]) -> None:
     for table in TABLES:
         assert fingerprint(data_dir, "backtest", table, "r") == reference[table], table
@@ -129,12 +141,31 @@ def _assert_equals_an_uninterrupted_run(data_dir: Path, reference: dict[str, tup
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]]:
-    """Fingerprints of an uninterrupted run."""
+def reference_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run."""
     data_dir = tmp_path_factory.mktemp("reference")
     _run_to_the_end(data_dir, "r")
     assert sum(_commits_per_table(data_dir, "r").values()) >= MIN_BATCHES * PER_BATCH
-    return {t: fingerprint(data_dir, "backtest", t, "r") for t in TABLES}
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_dir: Path) -> dict[str, tuple[int, str]]:
+    """Fingerprints of an uninterrupted run."""
+    return {t: fingerprint(reference_dir, "backtest", t, "r") for t in TABLES}
+
+
+@pytest.fixture(scope="module")
+def table_batch_files(reference_dir: Path) -> dict[str, list[int]]:
+    """Data files each batch of the uninterrupted run added to each table (the same timesteps make the same batches)."""
+    return {table: [sum("add" in action for action in commit) for commit in _log(delta_tables.table_path(
+        reference_dir, "backtest", table)) if any("txn" in action for action in commit)] for table in TABLES}
+
+
+@pytest.fixture(scope="module")
+def batch_files(table_batch_files: dict[str, list[int]]) -> list[int]:
+    """Data files each batch of the uninterrupted run added, over all tables."""
+    return [sum(files) for files in zip(*table_batch_files.values(), strict=True)]
 
 
 @pytest.mark.slow
@@ -150,8 +181,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, 
 def test_sigkill_after_a_commit_then_rerun_equals_an_uninterrupted_run(tmp_path, reference, commits):
     assert commits <= MIN_BATCHES * PER_BATCH
     with _paused(tmp_path, "r", f"commit:{commits}"):
-        assert Counter(_commits_per_table(tmp_path, "r").values()) == _expected_commits_per_table(commits)
-        assert _unreferenced_files(tmp_path) == set()
+        per_table = _commits_per_table(tmp_path, "r")
+        assert Counter(per_table.values()) == _expected_commits_per_table(commits)
+        # A batch's files are all written before its commits start: the tables its commits have not
+        # reached yet hold one written file each, which no version refers to (invisible to readers).
+        behind = {t for t, n in per_table.items() if n < max(per_table.values())}
+        unreferenced = _unreferenced_files(tmp_path)
+        assert {f.split("/")[0] for f in unreferenced} <= behind
+        assert len(unreferenced) <= len(behind)
     _run_to_the_end(tmp_path, "r")
     _assert_equals_an_uninterrupted_run(tmp_path, reference)
 
@@ -161,33 +198,42 @@ def test_sigkill_after_a_commit_then_rerun_equals_an_uninterrupted_run(tmp_path,
     "writes",
     [
         1,                          # the very first file, before any commit
-        3 * PER_BATCH + 5,          # mid-batch: the 5th table's file of the 4th batch
+        32,                         # mid-batch: the 4th batch's 5th file (batches write 8 or 9)
     ],
 )
-def test_sigkill_between_a_file_write_and_its_commit_then_rerun_equals_an_uninterrupted_run(tmp_path, reference,
-                                                                                             writes):
-    assert writes <= MIN_BATCHES * PER_BATCH
+def test_sigkill_between_a_file_write_and_its_commit_then_rerun_equals_an_uninterrupted_run(
+        tmp_path, reference, batch_files, writes):
+    assert writes <= sum(batch_files[:MIN_BATCHES])
+    commits, written = _expected_at_write(writes, batch_files)
     with _paused(tmp_path, "r", f"write:{writes}"):
-        assert Counter(_commits_per_table(tmp_path, "r").values()) == _expected_commits_per_table(writes - 1)
+        assert Counter(_commits_per_table(tmp_path, "r").values()) == _expected_commits_per_table(commits)
         orphans = _unreferenced_files(tmp_path)
-        assert len(orphans) == 1, orphans
+        assert len(orphans) == written, orphans
     _run_to_the_end(tmp_path, "r")
     _assert_equals_an_uninterrupted_run(tmp_path, reference)
-    # The file of the lost commit is never added by the rerun: no reader ever sees its rows.
+    # The files of the lost commits are never added by the rerun: no reader ever sees their rows.
     assert _unreferenced_files(tmp_path) >= orphans
 
 
 @pytest.mark.slow
-def test_one_run_killed_three_times_at_different_points_then_finished_equals_an_uninterrupted_run(tmp_path, reference):
-    with _paused(tmp_path, "r", "write:23"):  # between a file write and its commit, mid-batch
-        assert sum(_commits_per_table(tmp_path, "r").values()) == 22
+def test_one_run_killed_three_times_at_different_points_then_finished_equals_an_uninterrupted_run(
+        tmp_path, reference, batch_files, table_batch_files):
+    commits, written = _expected_at_write(23, batch_files)
+    with _paused(tmp_path, "r", "write:23"):  # between file writes and their commits, mid-batch
+        assert sum(_commits_per_table(tmp_path, "r").values()) == commits
     orphans = _unreferenced_files(tmp_path)
-    assert len(orphans) == 1
+    assert len(orphans) == written
     with _paused(tmp_path, "r", "commit:15"):  # the resumed run, 15 commits further
-        assert sum(_commits_per_table(tmp_path, "r").values()) == 22 + 15
+        per_table = _commits_per_table(tmp_path, "r")
+        assert sum(per_table.values()) == commits + 15
+    orphans = _unreferenced_files(tmp_path)
+    # The next resumed run starts with the batch that kill interrupted, and writes it again for the
+    # tables that had not committed it (the others skip it by their app-transaction version).
+    batch = min(per_table.values())
+    rewritten = sum(table_batch_files[t][batch] for t, n in per_table.items() if n == batch)
     with _paused(tmp_path, "r", "write:1"):  # at the first file the next resumed run writes
-        assert sum(_commits_per_table(tmp_path, "r").values()) == 22 + 15
-    assert len(_unreferenced_files(tmp_path) - orphans) == 1
+        assert sum(_commits_per_table(tmp_path, "r").values()) == commits + 15
+    assert len(_unreferenced_files(tmp_path) - orphans) == rewritten
     _run_to_the_end(tmp_path, "r")
     _assert_equals_an_uninterrupted_run(tmp_path, reference)
 

@@ -98,7 +98,7 @@ def test_a_backtest_whose_disk_fills_up_fails_with_rst004_then_completes_once_sp
 @pytest.mark.parametrize("error", [disk_full, io_hiccup], ids=["terminal", "transient-until-retries-run-out"])
 def test_when_the_worker_dies_the_engine_gets_its_error_instead_of_waiting_on_a_full_queue(
         tmp_path: Path, mn_mode: ModeConfig, monkeypatch: pytest.MonkeyPatch, error: Any) -> None:
-    monkeypatch.setattr(delta_tables, "append_exactly_once", FailingAppend(error))
+    monkeypatch.setattr(delta_tables, "commit_run_files", FailingAppend(error))
     settings = load_settings(mn_mode, data_dir=tmp_path, queue_size=4, backtest_batch_size=2)
     store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="dies", settings=settings)
     snaps = snapshots(mn_mode, 48)
@@ -130,7 +130,7 @@ async def test_the_runs_failure_reads_as_one_line_when_the_storage_error_spans_s
     def delta_rs_style() -> OSError:  # how delta-rs chains causes: one per line, in colour
         return OSError(28, "Generic LocalFileSystem error\n  \x1b[31m↳\x1b[0m No space left on device (os error 28)\n")
 
-    monkeypatch.setattr(delta_tables, "append_exactly_once", FailingAppend(delta_rs_style))
+    monkeypatch.setattr(delta_tables, "commit_run_files", FailingAppend(delta_rs_style))
     store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="lines",
                          settings=load_settings(mn_mode, data_dir=tmp_path))
     await store.start()
@@ -155,7 +155,7 @@ def test_the_lock_is_released_and_the_runs_own_error_raised_even_when_recording_
     async def fail_then_run_again() -> tuple[ComponentError, RunSummary]:
         await store.start()
         # From here on the disk is full: the tables and the run's failure record cannot be written.
-        monkeypatch.setattr(delta_tables, "append_exactly_once", FailingAppend(disk_full))
+        monkeypatch.setattr(delta_tables, "commit_run_files", FailingAppend(disk_full))
         monkeypatch.setattr(store_module, "append_run_record", disk_full_on_record)
         await feed(store, snaps)
         with pytest.raises(ComponentError) as failed:

@@ -87,11 +87,11 @@ async def test_a_snapshot_whose_append_lands_during_a_backlog_read_is_delivered_
 
 
 class ArmedDiskFull:
-    """``delta_tables.append_exactly_once`` that, once armed for a run, fails that run's n-th next
+    """``delta_tables.commit_run_files`` that, once armed for a run, fails that run's n-th next
     table commit with ENOSPC (a terminal error: the collection fails, its WAL stays)."""
 
     def __init__(self) -> None:
-        self._real = delta_tables.append_exactly_once
+        self._real = delta_tables.commit_run_files
         self._armed: dict[str, int] = {}
         self._lock = threading.Lock()  # tables commit from several writer threads
         self.fired = 0
@@ -146,7 +146,7 @@ def test_many_live_runs_spilling_and_failing_at_once_keep_every_acknowledged_sna
     settings = load_settings(mn_mode, data_dir=data, execution_mode="live", queue_size=2, batch_size=3,
                              flush_interval=0.01)
     failures = ArmedDiskFull()
-    monkeypatch.setattr(delta_tables, "append_exactly_once", failures)
+    monkeypatch.setattr(delta_tables, "commit_run_files", failures)
     outcomes: collections.Counter[str] = collections.Counter()
 
     async def collect(run_id: str, rng: random.Random, count: int) -> None:

@@ -146,7 +146,7 @@ async def test_finalize_compacts_each_run_and_records_it(tmp_path, mn_mode):
     assert record["row_counts"]["raw_snapshots"] == 200
     assert record["table_versions"]["balance_sheet"] == summary.table_versions["balance_sheet"]
     rows = await store.retrieve_results({"result_type": "leverage_tracking", "run_id": "fin"})
-    assert len(rows) == 200 and rows[0]["timestep"] == 0
+    assert len(rows) == 200 and rows["timestep"].iloc[0] == 0
 
 
 async def test_event_log_records_lifecycle_and_aggregated_state_updates(tmp_path, mn_mode):

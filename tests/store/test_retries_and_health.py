@@ -1,5 +1,5 @@
 """Retries of transient failures injected below the production write path (the store's own
-``delta_tables.append_exactly_once`` calls); health degrading and recovering."""
+``delta_tables.commit_run_files`` calls); health degrading and recovering."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class SlowAppend:
         self.delay = delay
         self.table = table
         self.slowed = False
-        self._real = delta_tables.append_exactly_once
+        self._real = delta_tables.commit_run_files
 
     def __call__(self, path: Path, data: Any, **kwargs: Any) -> int | None:
         if path.name == self.table and not self.slowed:
@@ -53,7 +53,7 @@ def _events(data_dir: Path) -> list[dict[str, Any]]:
 
 async def test_transient_storage_failures_are_retried_and_logged(tmp_path, mn_mode, monkeypatch):
     failing = FailingAppend(io_hiccup, tables={"balance_sheet"}, times=2)
-    monkeypatch.setattr(delta_tables, "append_exactly_once", failing)
+    monkeypatch.setattr(delta_tables, "commit_run_files", failing)
     settings = load_settings(mn_mode, data_dir=tmp_path)
     store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="retry", settings=settings)
     async with store:
@@ -67,7 +67,7 @@ async def test_transient_storage_failures_are_retried_and_logged(tmp_path, mn_mo
 
 
 async def test_backtest_fails_loudly_after_three_retries(tmp_path, mn_mode, monkeypatch):
-    monkeypatch.setattr(delta_tables, "append_exactly_once", FailingAppend(io_hiccup, tables={"balance_sheet"}))
+    monkeypatch.setattr(delta_tables, "commit_run_files", FailingAppend(io_hiccup, tables={"balance_sheet"}))
     store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="dead",
                          settings=load_settings(mn_mode, data_dir=tmp_path))
     await store.start()
@@ -80,7 +80,7 @@ async def test_backtest_fails_loudly_after_three_retries(tmp_path, mn_mode, monk
 
 
 async def test_a_write_slower_than_the_timeout_is_rst003_and_is_not_doubled(tmp_path, mn_mode, monkeypatch):
-    monkeypatch.setattr(delta_tables, "append_exactly_once", SlowAppend(delay=0.6))
+    monkeypatch.setattr(delta_tables, "commit_run_files", SlowAppend(delay=0.6))
     settings = load_settings(mn_mode, data_dir=tmp_path, timeout=0.2)
     store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="slow", settings=settings)
     async with store:
