@@ -63,9 +63,11 @@ class StoreSettings(BaseSettings):
         description="seconds a single table write may take before RST-003",
     )
     backtest_batch_size: int = Field(
-        20_000, gt=0,
+        100_000, gt=0,
         validation_alias=_env("RESULTS_STORE_BACKTEST_BATCH_SIZE", "backtest_batch_size"),
-        description="backtest mode: timesteps per commit (chosen by bench/bench_store.py)",
+        description="backtest mode: timesteps per commit, and per data file of each table (a batch is streamed "
+                    "into its files chunk by chunk, so its size costs no memory; a crash loses at most one "
+                    "batch of work, which the resumed run redoes)",
     )
     flush_interval: float = Field(
         1.0, gt=0, validation_alias=_env("RESULTS_STORE_FLUSH_INTERVAL", "flush_interval"),

@@ -10,6 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from results_store import delta_tables
+from results_store.batch_writer import FINALIZE_MAX_FILES
 from results_store.drive import feed
 from results_store.events import event_log_path
 from results_store.reading import read_table
@@ -132,14 +134,14 @@ async def test_same_run_id_with_another_config_is_a_run_conflict(tmp_path, mn_mo
     assert conflict.value.error_code == "RST-301"
 
 
-async def test_finalize_compacts_each_run_and_records_it(tmp_path, mn_mode):
+async def test_finalize_merges_a_run_of_many_batches_into_one_file_per_table_and_records_it(tmp_path, mn_mode):
     store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="fin",
-                         settings=_settings(mn_mode, tmp_path, backtest_batch_size=25))
+                         settings=_settings(mn_mode, tmp_path, backtest_batch_size=10))
     async with store:
         await feed(store, snapshots(mn_mode, 200))
     summary = store.summary
     assert summary is not None
-    assert summary.commits["balance_sheet"] == 8
+    assert summary.commits["balance_sheet"] == 20 > FINALIZE_MAX_FILES
     assert all(n <= 1 for n in summary.data_files.values())
     record = latest_run(tmp_path, "backtest", "fin")
     assert record["status"] == "finished"
@@ -147,6 +149,19 @@ async def test_finalize_compacts_each_run_and_records_it(tmp_path, mn_mode):
     assert record["table_versions"]["balance_sheet"] == summary.table_versions["balance_sheet"]
     rows = await store.retrieve_results({"result_type": "leverage_tracking", "run_id": "fin"})
     assert len(rows) == 200 and rows["timestep"].iloc[0] == 0
+
+
+async def test_a_run_of_a_few_batches_keeps_the_one_file_per_table_each_batch_streamed(tmp_path, mn_mode):
+    store = ResultsStore(mn_mode, "backtest", data_dir=tmp_path, run_id="few",
+                         settings=_settings(mn_mode, tmp_path, backtest_batch_size=50))
+    async with store:
+        await feed(store, snapshots(mn_mode, 200))
+    assert store.summary is not None
+    # Each batch's chunks went into one file per table (chunks are at most the batch size).
+    assert store.summary.data_files["balance_sheet"] == store.summary.commits["balance_sheet"] == 4
+    assert store.summary.data_files["raw_snapshots"] == 4
+    rows = delta_tables.read(delta_tables.table_path(tmp_path, "backtest", "raw_snapshots"), run_id="few")
+    assert sorted(rows["timestep"].to_pylist()) == list(range(200))
 
 
 async def test_event_log_records_lifecycle_and_aggregated_state_updates(tmp_path, mn_mode):
