@@ -66,10 +66,11 @@ _STOP: Any = object()
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 # Codes logged as "storage_failed" (the spec's event for a failed write) rather than a plain "error".
 _STORAGE_CODES = frozenset({"RST-001", "RST-003", "RST-004", "RST-005", "RST-006"})
-# Snapshots flattened and validated together. pandera costs ~4 ms per table per call whatever the
-# size, so larger chunks are cheaper per timestep (bench: 34 µs at 5,000, 28 µs at 10,000, 26 µs at
-# 20,000) but hold more Python objects at once (+34 MB per 5,000 more): 10,000 is the middle.
-CHUNK_TIMESTEPS = 10_000
+# Snapshots flattened, validated and written together. A batch is streamed chunk by chunk, so the
+# chunk sets the store's memory: preparing one peaks at ~13 KB per timestep (JSON payloads, the
+# flattened columns, their Arrow tables) while the one before it is written. 5,000 timesteps kept a
+# quarter's peak RSS at 377 MB against 450 MB at 10,000, for ~7% more CPU (bench/bench_store.py).
+CHUNK_TIMESTEPS = 5_000
 
 
 def _one_line(error: ComponentError) -> ComponentError:
