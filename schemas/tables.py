@@ -12,7 +12,9 @@ finite, and every row carries ``run_id``, ``timestamp`` (UTC, microseconds) and 
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,7 @@ __all__ = [
     "ACCOUNT_TYPES",
     "PNL_COMPONENTS",
     "RISK_GROUPS",
+    "ROW_RULE",
     "SPARSE_TABLES",
     "TABLE_KEYS",
     "TABLE_MODELS",
@@ -39,7 +42,10 @@ __all__ = [
     "PnlAttribution",
     "ResultRow",
     "RiskMetrics",
+    "RowRule",
+    "TableColumns",
     "arrow_schema",
+    "arrow_type",
     "column_docs",
     "key_columns",
     "mode_schema",
@@ -70,9 +76,51 @@ ROW_RULE_COLUMNS = {
 }
 
 
-def _liquidation_flag_consistent(
-    at_risk: pd.Series, ltv: pd.Series, liquidation_threshold: pd.Series
-) -> pd.Series:
+# The key under which a dataframe-level Check's ``statistics`` carry its RowRule.
+ROW_RULE = "row_rule"
+
+
+class TableColumns(Protocol):
+    """A table's columns by name: the pandas DataFrame pandera checks, or the column arrays of the
+    fast screen (results_store.validate_screen) on an Arrow table with no missing values."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
+@dataclass(frozen=True, eq=False)
+class RowRule:
+    """A dataframe-level rule, written once as a vectorised function of the table's columns.
+
+    ``holds`` returns one boolean per row (True: the row keeps the rule). It uses only what a pandas
+    Series and the screen's arrays both offer (comparisons, ``& | ~``, string ``==``/``!=``/``isin``,
+    numpy functions), so pandera (through :meth:`on_frame`) and the screen run the same code. The
+    pandera Check built by :meth:`check` or :meth:`model_check` carries the rule in its
+    ``statistics`` under ``ROW_RULE``: that is how the screen finds what to run.
+    """
+
+    name: str
+    error: str
+    holds: Callable[[TableColumns], Any]
+
+    def on_frame(self, df: pd.DataFrame) -> pd.Series:
+        result = self.holds(df)
+        # pandera places a failure at a row only when the output shares the frame's index.
+        return result if isinstance(result, pd.Series) else pd.Series(result, index=df.index)
+
+    def check(self) -> pdr.Check:
+        """The rule as a schema-level pandera Check."""
+        return pdr.Check(self.on_frame, name=self.name, error=self.error, statistics={ROW_RULE: self})
+
+    def model_check(self) -> Any:
+        """The rule as a DataFrameModel dataframe check (assign it to a class attribute of the model)."""
+
+        def check(cls: type, df: pd.DataFrame) -> pd.Series:
+            return self.on_frame(df)
+
+        return pdr.dataframe_check(name=self.name, error=self.error, statistics={ROW_RULE: self})(classmethod(check))
+
+
+def _liquidation_flag_consistent(at_risk: Any, ltv: Any, liquidation_threshold: Any) -> Any:
     """False where the flag contradicts the LTV.
 
     A position at or above its liquidation threshold must be flagged, and a position with no
@@ -81,6 +129,87 @@ def _liquidation_flag_consistent(
     must_flag = (liquidation_threshold > 0) & (ltv >= liquidation_threshold)
     cannot_flag = ltv <= 0
     return ~((must_flag & ~at_risk) | (cannot_flag & at_risk))
+
+
+def _non_negative_balance(df: TableColumns) -> Any:
+    return ~df["account_type"].isin(NON_NEGATIVE_ACCOUNT_TYPES) | (df["amount"] >= 0)
+
+
+def _ltv_in_unit_interval(df: TableColumns) -> Any:
+    is_ltv = (df["risk_group"] == "ltv_risk") & df["metric"].isin(LTV_METRICS)
+    value = df["value"]
+    return ~is_ltv | ((value >= 0.0) & (value <= 1.0))  # Series.between(0.0, 1.0), spelled out for arrays
+
+
+_RISK_FIGURES = (("liquidation_risk", "at_risk"), ("ltv_risk", "current_ltv"), ("ltv_risk", "liquidation_threshold"))
+
+
+def _liquidation_flag_by_timestep(df: TableColumns) -> Any:
+    """risk_metrics is long: pair each timestep's at_risk, current_ltv and liquidation_threshold rows,
+    and fail every row of a timestep whose flag contradicts its LTV."""
+
+    def is_figure(group: str, metric: str) -> Any:
+        return (df["risk_group"] == group) & (df["metric"] == metric)
+
+    if isinstance(df, pd.DataFrame):
+        # pandas pairs the figures by index alignment, which also copes with a figure repeated in a timestep.
+        def pick(group: str, metric: str) -> pd.Series:
+            rows = df[is_figure(group, metric)]
+            return pd.Series(rows["value"].to_numpy(), index=rows["timestep"].to_numpy())
+
+        at_risk, ltv, threshold = (pick(group, metric) for group, metric in _RISK_FIGURES)
+        common = at_risk.index.intersection(ltv.index).intersection(threshold.index)
+        ok = _liquidation_flag_consistent(at_risk.loc[common] > 0.5, ltv.loc[common], threshold.loc[common])
+        bad_steps = set(ok.index[~ok.to_numpy()])
+        return ~df["timestep"].isin(bad_steps)
+    # Column arrays pair the figures by sorted timestep, which needs each figure at most once per
+    # timestep; a table where one repeats is left to pandas' alignment above (the screen declines it).
+    steps, values = np.asarray(df["timestep"]), np.asarray(df["value"])
+    figures = []
+    for group, metric in _RISK_FIGURES:
+        mask = np.asarray(is_figure(group, metric), dtype=bool)
+        order = np.argsort(steps[mask], kind="stable")
+        at, figure = steps[mask][order], values[mask][order]
+        if (at[1:] == at[:-1]).any():
+            raise ValueError(f"{group}.{metric} appears twice in a timestep: only pandas' alignment pairs that")
+        figures.append((at, figure))
+    common = np.intersect1d(np.intersect1d(figures[0][0], figures[1][0]), figures[2][0])
+    at_risk, ltv, threshold = (figure[np.searchsorted(at, common)] for at, figure in figures)
+    ok = _liquidation_flag_consistent(at_risk > 0.5, ltv, threshold)
+    return ~np.isin(steps, common[~ok])
+
+
+def _event_order_increasing(df: TableColumns) -> Any:
+    steps, order = np.asarray(df["timestep"]), np.asarray(df["event_order"])
+    ok = np.ones(len(steps), dtype=bool)
+    # As the pandas form did (step.ne(step.shift()) | (order.diff() > 0)): shift() made the timesteps
+    # float64 before comparing, and diff() subtracts in int64, wrapping; kept so the rule judges as before.
+    with np.errstate(over="ignore"):
+        ok[1:] = (steps[1:].astype(np.float64) != steps[:-1].astype(np.float64)) | ((order[1:] - order[:-1]) > 0)
+    return ok
+
+
+def _event_near_its_timestep(df: TableColumns) -> Any:
+    # An event is logged during its timestep (the longest is a day); one from 1970 in a 2024 run
+    # is an unset clock, not an event: its row is quarantined, the timestep's other rows written.
+    return abs(df["event_timestamp"] - df["timestamp"]) <= EVENT_TIME_TOLERANCE
+
+
+NON_NEGATIVE_BALANCE = RowRule("non_negative_balance", "balance negative on an account type that cannot be negative",
+                               _non_negative_balance)
+LTV_IN_UNIT_INTERVAL = RowRule("ltv_in_unit_interval", "LTV outside [0, 1]", _ltv_in_unit_interval)
+LIQUIDATION_FLAG = RowRule(
+    "liquidation_flag_matches_ltv", "liquidation flag contradicts the LTV",
+    lambda df: _liquidation_flag_consistent(df["at_risk"], df["current_ltv"], df["liquidation_threshold"]),
+)
+# The same rule on risk_metrics' long layout (one row per figure).
+LIQUIDATION_FLAG_BY_TIMESTEP = RowRule(LIQUIDATION_FLAG.name, LIQUIDATION_FLAG.error, _liquidation_flag_by_timestep)
+EVENT_ORDER_INCREASING = RowRule("event_order_increasing", "event order not strictly increasing within a timestep",
+                                 _event_order_increasing)
+EVENT_NEAR_ITS_TIMESTEP = RowRule(
+    "event_near_its_timestep", f"event timestamp more than {EVENT_TIME_TOLERANCE.days} days from its timestep's",
+    _event_near_its_timestep,
+)
 
 
 class ResultRow(pdr.DataFrameModel):
@@ -105,10 +234,7 @@ class BalanceSheet(ResultRow):
     instrument: Series[str] = pdr.Field(description="the asset itself, or the perp instrument name")
     amount: Series[float] = pdr.Field(description="balance in asset units; perp size is signed")
 
-    @pdr.dataframe_check(name="non_negative_balance", error="balance negative on an account type that cannot be negative")
-    @classmethod
-    def _non_negative(cls, df: pd.DataFrame) -> pd.Series:
-        return ~df["account_type"].isin(NON_NEGATIVE_ACCOUNT_TYPES) | (df["amount"] >= 0)
+    _non_negative = NON_NEGATIVE_BALANCE.model_check()
 
 
 class PnlAttribution(ResultRow):
@@ -126,28 +252,8 @@ class RiskMetrics(ResultRow):
     metric: Series[str] = pdr.Field(description="name of the figure within its group")
     value: Series[float] = pdr.Field(description="the figure; flags are 1.0/0.0")
 
-    @pdr.dataframe_check(name="ltv_in_unit_interval", error="LTV outside [0, 1]")
-    @classmethod
-    def _ltv_range(cls, df: pd.DataFrame) -> pd.Series:
-        is_ltv = (df["risk_group"] == "ltv_risk") & df["metric"].isin(LTV_METRICS)
-        return ~is_ltv | df["value"].between(0.0, 1.0)
-
-    @pdr.dataframe_check(name="liquidation_flag_matches_ltv", error="liquidation flag contradicts the LTV")
-    @classmethod
-    def _liquidation_flag(cls, df: pd.DataFrame) -> pd.Series:
-        def pick(group: str, metric: str) -> pd.Series:
-            rows = df[(df["risk_group"] == group) & (df["metric"] == metric)]
-            return pd.Series(rows["value"].to_numpy(), index=rows["timestep"].to_numpy())
-
-        at_risk = pick("liquidation_risk", "at_risk")
-        ltv = pick("ltv_risk", "current_ltv")
-        threshold = pick("ltv_risk", "liquidation_threshold")
-        common = at_risk.index.intersection(ltv.index).intersection(threshold.index)
-        ok = _liquidation_flag_consistent(
-            at_risk.loc[common] > 0.5, ltv.loc[common], threshold.loc[common]
-        )
-        bad_steps = set(ok.index[~ok.to_numpy()])
-        return ~df["timestep"].isin(bad_steps)
+    _ltv_range = LTV_IN_UNIT_INTERVAL.model_check()
+    _liquidation_flag = LIQUIDATION_FLAG_BY_TIMESTEP.model_check()
 
 
 class ExecutionLog(ResultRow):
@@ -158,19 +264,8 @@ class ExecutionLog(ResultRow):
     event_timestamp: Series[UtcMicros] = pdr.Field(description="when the event happened, UTC")
     details: Series[str] = pdr.Field(description="the event's other fields, as JSON")
 
-    @pdr.dataframe_check(name="event_order_increasing", error="event order not strictly increasing within a timestep")
-    @classmethod
-    def _order(cls, df: pd.DataFrame) -> pd.Series:
-        step_change = df["timestep"].ne(df["timestep"].shift())
-        return step_change | (df["event_order"].diff() > 0)
-
-    @pdr.dataframe_check(name="event_near_its_timestep",
-                         error=f"event timestamp more than {EVENT_TIME_TOLERANCE.days} days from its timestep's")
-    @classmethod
-    def _near(cls, df: pd.DataFrame) -> pd.Series:
-        # An event is logged during its timestep (the longest is a day); one from 1970 in a 2024 run
-        # is an unset clock, not an event: its row is quarantined, the timestep's other rows written.
-        return (df["event_timestamp"] - df["timestamp"]).abs() <= EVENT_TIME_TOLERANCE
+    _order = EVENT_ORDER_INCREASING.model_check()
+    _near = EVENT_NEAR_ITS_TIMESTEP.model_check()
 
 
 class DeltaTracking(ResultRow):
@@ -194,10 +289,7 @@ class LeverageTracking(ResultRow):
     leverage: Series[float] = pdr.Field(ge=1, description="collateral value over equity")
     at_risk: Series[bool]
 
-    @pdr.dataframe_check(name="liquidation_flag_matches_ltv", error="liquidation flag contradicts the LTV")
-    @classmethod
-    def _liquidation_flag(cls, df: pd.DataFrame) -> pd.Series:
-        return _liquidation_flag_consistent(df["at_risk"], df["current_ltv"], df["liquidation_threshold"])
+    _liquidation_flag = LIQUIDATION_FLAG.model_check()
 
 
 class FundingTracking(ResultRow):
@@ -253,7 +345,8 @@ def key_columns(result_type: ResultType | str) -> tuple[str, ...]:
     return TABLE_KEYS[ResultType(result_type)]
 
 
-def _arrow_type(dtype: Any) -> pa.DataType:
+def arrow_type(dtype: Any) -> pa.DataType:
+    """The Arrow type of a pandera dtype (TypeError for one the tables do not use)."""
     text = str(dtype)
     if text.startswith("datetime64[us, UTC]"):
         return pa.timestamp("us", tz="UTC")
@@ -275,7 +368,7 @@ def model_arrow_schema(model: type[pdr.DataFrameModel]) -> pa.Schema:
     """The Arrow (and hence Delta) schema derived from a pandera model."""
     schema = model.to_schema()
     return pa.schema(
-        [pa.field(name, _arrow_type(col.dtype), nullable=col.nullable) for name, col in schema.columns.items()]
+        [pa.field(name, arrow_type(col.dtype), nullable=col.nullable) for name, col in schema.columns.items()]
     )
 
 
@@ -334,14 +427,14 @@ def _build_mode_schema(rtype: ResultType, mode: ModeConfig) -> pdr.DataFrameSche
     if rtype is ResultType.PNL_ATTRIBUTION:
         allowed = list(mode.results_store.pnl_attribution_types)
 
-        def _configured_attribution(df: pd.DataFrame) -> pd.Series:
+        def _configured_attribution(df: TableColumns) -> Any:
             return (df["component"] != "attribution") | df["metric"].isin(allowed)
 
         schema = copy.copy(schema)
-        schema.checks = [*schema.checks, pdr.Check(
-            _configured_attribution, name="configured_attribution_type",
-            error=f"attribution type not in the mode's pnl_attribution_types {allowed}",
-        )]
+        schema.checks = [*schema.checks, RowRule(
+            "configured_attribution_type", f"attribution type not in the mode's pnl_attribution_types {allowed}",
+            _configured_attribution,
+        ).check()]
     return schema
 
 
