@@ -236,8 +236,13 @@ class BatchWriter:
         # The raw payloads first: a snapshot with no lossless JSON form is quarantined whole (RST-101)
         # before it is flattened, so no result table holds a timestep that raw_snapshots lacks.
         payloads, unencodable = encode_snapshots(items)
-        flat = flatten_batch([i for i, p in zip(items, payloads, strict=True) if p is not None] if unencodable
-                             else items, self.mode, self.run_id)
+        # The raw table at once, and the payloads' bytes dropped before flattening: they are a chunk's
+        # largest part, and holding them through flatten and validation raised the chunk's peak.
+        encoded = [(e, p) for e, p in zip(entries, payloads, strict=True) if p is not None]
+        raw_table = self._raw_table([e for e, _ in encoded], [p for _, p in encoded])
+        to_flatten = [i for i, p in zip(items, payloads, strict=True) if p is not None] if unencodable else items
+        del payloads, encoded
+        flat = flatten_batch(to_flatten, self.mode, self.run_id)
         rejected = sorted([*unencodable, *flat.rejected], key=lambda r: r.timestep) if unencodable else flat.rejected
         tables: dict[str, pa.Table] = {}
         quarantine = [quarantine_rejected(rejected, self.run_id)] if rejected else []
@@ -252,9 +257,10 @@ class BatchWriter:
             if outcome.quarantine.num_rows:
                 quarantine.append(outcome.quarantine)
             errors.extend(outcome.errors)
-        dropped = {r.timestep for r in rejected}
-        raw = [(e, p) for e, p in zip(entries, payloads, strict=True) if p is not None and e[0] not in dropped]
-        tables[RAW_SNAPSHOTS] = self._raw_table([e for e, _ in raw], [p for _, p in raw])
+        if flat.rejected:  # snapshots that broke the contract: quarantined whole, so not in raw_snapshots either
+            dropped = pa.array([r.timestep for r in flat.rejected], pa.int64())
+            raw_table = raw_table.filter(pc.invert(pc.is_in(raw_table["timestep"], value_set=dropped)))
+        tables[RAW_SNAPSHOTS] = raw_table
         tables[QUARANTINE] = (pa.concat_tables(quarantine).cast(QUARANTINE_SCHEMA) if quarantine
                               else QUARANTINE_SCHEMA.empty_table())
         return PreparedBatch(
