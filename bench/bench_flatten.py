@@ -8,6 +8,12 @@ Snapshots come from the reference engine (one simulated day, replayed with fresh
 timestamps); without ``results_store.simulator.reference`` a hand-built snapshot of the same shape is used.
 
 Run: ``.venv/bin/python bench/bench_flatten.py [--steps 20000] [--repeat 5]``
+
+``--flatten-only`` times flatten_batch alone in CPU seconds (``time.process_time``: the machine is
+shared, so wall time says more about the neighbours than about the code) on one chunk the size
+the store flattens (5,000 timesteps by default), for usdt_market_neutral or, with
+``--all-modes``, each of the seven modes; best of ``--repeat``, in µs per timestep:
+``.venv/bin/python bench/bench_flatten.py --flatten-only --all-modes --repeat 7``
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from results_store.flatten import SnapshotItem, flatten_batch
 from results_store.validate import validate_table
-from schemas.modes import ModeConfig, load_mode
+from schemas.modes import MODE_NAMES, ModeConfig, load_mode
 
 MODE = "usdt_market_neutral"
 POOL = 1_440  # one simulated day of distinct snapshots
+CHUNK = 5_000  # the store's backtest chunk (what one flatten_batch call gets)
 
 
 def _hand_built() -> dict[str, Any]:
@@ -83,11 +90,36 @@ def build_items(pool: list[dict[str, Any]], steps: int) -> list[SnapshotItem]:
     return [SnapshotItem(i, start + i * minute, {**pool[i % len(pool)], "timestep": i}) for i in range(steps)]
 
 
+def flatten_cpu(modes: list[str], steps: int, repeat: int) -> None:
+    """flatten_batch alone: best CPU time of ``repeat`` runs on one chunk per mode, in µs per timestep."""
+    print(f"flatten_batch, {steps:,}-timestep chunk, CPU time (process_time), best of {repeat}")
+    for name in modes:
+        mode = load_mode(name)
+        _, pool = build_pool(mode)
+        items = build_items(pool, steps)
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.process_time()
+            flat = flatten_batch(items, mode, "bench")
+            best = min(best, time.process_time() - t0)
+        assert not flat.rejected, flat.rejected[0].error
+        rows = sum(t.num_rows for t in flat.tables.values())
+        print(f"  {name:<32} {best * 1e6 / steps:6.2f} µs/timestep  {best * 1000:7.1f} ms  "
+              f"{rows / steps:5.1f} rows/timestep")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=20_000, help="timesteps in the batch")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"timesteps in the batch (default 20,000; {CHUNK:,} with --flatten-only)")
     parser.add_argument("--repeat", type=int, default=5, help="runs; the best is reported")
+    parser.add_argument("--flatten-only", action="store_true", help="time flatten_batch alone, in CPU time")
+    parser.add_argument("--all-modes", action="store_true", help="with --flatten-only: each of the seven modes")
     args = parser.parse_args()
+    if args.flatten_only:
+        flatten_cpu(list(MODE_NAMES) if args.all_modes else [MODE], args.steps or CHUNK, args.repeat)
+        return
+    args.steps = args.steps or 20_000
 
     mode = load_mode(MODE)
     source, pool = build_pool(mode)
