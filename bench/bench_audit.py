@@ -17,7 +17,10 @@ year on 2 cores) unless ``--data-dir`` already holds them; pass the same ``--dat
 reuse them. The machine's load average is printed with the figures: the audit uses two threads
 besides the main one, so on a busy 2-core machine its wall time is well above its CPU time.
 
-Run: ``.venv/bin/python bench/bench_audit.py [--data-dir /tmp/results-store-bench-audit] [--repeat 3]``
+``--profile N`` prints, instead, where the year's audit spends its time: the N costliest functions
+of its main thread (cProfile; the read-ahead thread and the file-hashing pool are not in it).
+
+Run: ``.venv/bin/python bench/bench_audit.py [--data-dir /tmp/results-store-bench-audit] [--repeat 3] [--profile 25]``
 """
 
 from __future__ import annotations
@@ -92,6 +95,22 @@ def child(what: str, root: Path, run_id: str) -> dict[str, Any]:
             "peak_rss_mb": _peak_rss_mb(), "imports_rss_mb": imported}
 
 
+def profile(root: Path, run_id: str, top: int) -> None:
+    """The audit of ``run_id`` under cProfile (main thread): its costliest functions, by own time and in all."""
+    import cProfile
+    import pstats
+
+    from results_store.audit import audit_run
+
+    profiler = cProfile.Profile()
+    cpu = time.process_time()
+    profiler.runcall(audit_run, root, "backtest", run_id)
+    print(f"audit of {run_id}: {time.process_time() - cpu:.1f} s CPU under the profiler (all threads)")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(r"results_store|schemas", top)
+
+
 def measure(what: str, root: Path, run_id: str) -> dict[str, Any]:
     env = {**os.environ, **ALLOCATOR_ENV}
     done = subprocess.run([sys.executable, __file__, "--child", what, "--data-dir", str(root), "--run-id", run_id],
@@ -106,9 +125,16 @@ def main() -> None:
     parser.add_argument("--child", choices=["audit", "scan"])
     parser.add_argument("--run-id", default="year")
     parser.add_argument("--repeat", type=int, default=3, help="audits and scans of the year, alternated; best wall kept")
+    parser.add_argument("--profile", type=int, metavar="N", help="profile the year's audit instead: its N costliest functions")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.data_dir, args.run_id)))
+        return
+    if args.profile:
+        if any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):  # as the measured children run
+            os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ALLOCATOR_ENV})
+        store(args.data_dir, "year")
+        profile(args.data_dir, "year", args.profile)
         return
 
     for run_id in RUNS:

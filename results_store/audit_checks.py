@@ -3,8 +3,10 @@
 Each table of the run is read once, row group by row group in the order of their first timestep
 (:class:`_TableStream`), and handed out in windows of consecutive timesteps; a background thread
 reads the next window while this one is checked. Per window and table the rows are re-validated
-with today's pandera schema, the table's key and its timesteps and timestamps are checked against
-``raw_snapshots``, and the rows are reduced to a few per-timestep arrays (:class:`_Features`: the
+with today's pandera schema (as ``validate_table`` does: its screen first, here on the names as
+read, still dictionary-encoded, and pandera only where the screen is not sure: :class:`_SchemaScreen`),
+the table's key and its timesteps and timestamps are checked against ``raw_snapshots``, and the
+rows are reduced to a few per-timestep arrays (:class:`_Features`: the
 sum of the attribution components, the legs of the net delta, each venue's balances...). The
 reconciliation checks compare those arrays across tables; what they need from the previous window
 (the last cumulative values, the last balances) is carried over (:class:`_Carry`). Memory
@@ -28,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
+import pandera.pandas as pdr
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -37,11 +40,12 @@ from results_store import delta_tables, error_map
 from results_store.delta_tables import PARTITION_COLUMN
 from results_store.flatten import perp_base_asset
 from results_store.validate import validate_table
+from results_store.validate_screen import Screen, screen_for
 from schemas.errors import ComponentError
 from schemas.modes import AuditConfig, ModeConfig
 from schemas.result_types import ResultType
 from schemas.store_tables import QUARANTINE, RAW_SNAPSHOTS, RAW_SNAPSHOTS_KEY, RAW_SNAPSHOTS_SCHEMA
-from schemas.tables import SPARSE_TABLES, arrow_schema, key_columns
+from schemas.tables import SPARSE_TABLES, arrow_schema, key_columns, mode_schema
 
 __all__ = [
     "CHECKS",
@@ -363,6 +367,12 @@ class _TableStream:
             return empty, empty
         # One dictionary per column across the window's row groups, so a column's codes mean one thing.
         table = (pa.concat_tables(parts) if len(parts) > 1 else parts[0]).unify_dictionaries().combine_chunks()
+        ordered = table.column("timestep").to_numpy()
+        if len(ordered) and bool((ordered[1:] >= ordered[:-1]).all()):
+            # Rows in timestep order (as the store writes them): the three parts are slices, not copies.
+            a, b = (int(i) for i in np.searchsorted(ordered, [lo, hi]))
+            self._pending = [table.slice(b)] if b < len(ordered) else []
+            return table.slice(a, b - a), table.slice(0, a)
         steps = table.column("timestep")
         late = pc.greater_equal(steps, hi)
         self._pending = [table.filter(late)] if pc.any(late).as_py() else []
@@ -425,7 +435,7 @@ class _Window:
 
     def numbers(self, column: str) -> np.ndarray:
         if column not in self._numbers:
-            self._numbers[column] = self.table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+            self._numbers[column] = self.table.column(column).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
         return self._numbers[column]
 
     def where(self, **equal: str) -> np.ndarray:
@@ -436,8 +446,132 @@ class _Window:
 
     def pick(self, n: int, value: str = "value", **equal: str) -> np.ndarray:
         """The dense per-timestep array of ``value`` over the rows matching ``equal`` (NaN where absent)."""
-        mask = self.where(**equal)
-        return _dense(n, self.idx[mask], self.numbers(value)[mask])
+        rows = np.flatnonzero(self.where(**equal))
+        return _dense(n, self.idx[rows], self.numbers(value)[rows])
+
+    def array(self, column: str) -> np.ndarray:
+        """A column as numpy as stored (no copy where Arrow allows it; timestamps as datetime64[us])."""
+        return np.asarray(self.table.column(column).to_numpy(zero_copy_only=False))
+
+
+# -- the schema screen ---------------------------------------------------------------------------------
+class _Names:
+    """A string column as the screen's row rules read it: ``==``, ``!=`` and ``isin`` give numpy booleans.
+
+    As ``validate_screen``'s string columns answer, but from the window's dictionary codes: each
+    comparison is made once per distinct name and spread over the rows by their codes.
+    """
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, codes: _Codes) -> None:
+        self._codes = codes
+
+    def _spread(self, per_value: list[bool]) -> np.ndarray:
+        return np.asarray(per_value, dtype=np.bool_)[self._codes.codes] if per_value \
+            else np.zeros(len(self._codes.codes), dtype=np.bool_)
+
+    def __eq__(self, other: object) -> np.ndarray:  # type: ignore[override]
+        if not isinstance(other, str):
+            raise TypeError(f"the screen compares strings with strings, not {type(other).__name__}")
+        return self._spread([v == other for v in self._codes.values])
+
+    def __ne__(self, other: object) -> np.ndarray:  # type: ignore[override]
+        return ~self.__eq__(other)
+
+    def isin(self, values: Iterable[object]) -> np.ndarray:
+        if isinstance(values, str | bytes):
+            raise TypeError("isin takes a collection of values")  # as pandas does
+        allowed = set(values)
+        if not all(isinstance(v, str) for v in allowed):
+            raise TypeError("the screen matches strings against strings only")
+        return self._spread([v in allowed for v in self._codes.values])
+
+
+# pandera's built-in checks that judge each value on its own: on a string column, judging its distinct
+# names is judging its rows.
+_PER_VALUE_CHECKS = frozenset({"isin", "notin", "str_length", "equal_to", "not_equal_to", "str_startswith",
+                               "str_endswith"})
+_TIMESTAMP_BOUND = 2**62  # as validate_screen: a difference of two such timestamps cannot wrap in numpy
+
+
+class _SchemaScreen:
+    """``validate_table``'s screen (:mod:`results_store.validate_screen`) on a window as the audit reads it.
+
+    ``validate_table`` skips pandera when its screen vouches that every row passes every rule of the
+    table's mode schema; anything else goes to pandera. The audit keeps names dictionary-encoded,
+    and that screen takes plain strings only: decoding a year's names (~23M rows) and comparing them
+    string by string cost more than the rest of the schema check. This runs the same compiled
+    screen (column tests, missing values, row rules) on the window's columns as read: a string
+    column's tests on its distinct names in use (when each of its checks judges values one by one;
+    otherwise on the decoded column), the row rules on :class:`_Names`. It says "pass" exactly when
+    ``validate_table`` on the decoded window would take the screen's way, so the audit finds the same;
+    when it says "not sure" the window is decoded and goes to ``validate_table``.
+    """
+
+    def __init__(self, schema: pdr.DataFrameSchema) -> None:
+        compiled = screen_for(schema)
+        self.screen = compiled if isinstance(compiled, Screen) else None
+        self.per_value = {name for name, column in schema.columns.items() if not column.unique
+                          and all(getattr(c._check_fn, "__name__", None) in _PER_VALUE_CHECKS for c in column.checks)}
+
+    def passes(self, table: pa.Table, window: _Window) -> bool:
+        """True only if every row of ``table`` (the window's rows, today's columns in order) passes every rule."""
+        try:
+            return self._passes(table, window)
+        except Exception:  # whatever the screen cannot evaluate, pandera judges (as in validate_screen)
+            return False
+
+    def _passes(self, table: pa.Table, window: _Window) -> bool:
+        screen = self.screen
+        if screen is None or table.schema.names != screen.schema.names:
+            return False
+        columns: dict[str, Any] = {}
+        for spec, target in zip(screen.columns, screen.schema, strict=True):
+            stored = table.column(spec.name)
+            if stored.null_count:
+                return False
+            values: Any
+            if pa.types.is_string(target.type):
+                if stored.type != target.type and not (pa.types.is_dictionary(stored.type)
+                                                       and stored.type.value_type == target.type):
+                    return False
+                codes = window.codes(spec.name)
+                if spec.name in self.per_value:
+                    used = np.bincount(codes.codes, minlength=len(codes.values)) > 0
+                    values = pa.array([v for v, u in zip(codes.values, used, strict=True) if u], pa.string())
+                else:
+                    values = stored.cast(target.type)
+                columns[spec.name] = _Names(codes)
+            else:
+                if stored.type != target.type:
+                    return False
+                values = columns[spec.name] = window.array(spec.name)
+                if pa.types.is_floating(target.type) and np.isnan(values).any():
+                    return False  # missing to pandas: how it meets nullable and ignore_na is pandera's business
+                if pa.types.is_timestamp(target.type) and len(values):
+                    stamps = values.view(np.int64)
+                    if stamps.min() <= -_TIMESTAMP_BOUND or stamps.max() >= _TIMESTAMP_BOUND:
+                        return False
+            if not all(test(values) for test in spec.tests):
+                return False
+        for rule in screen.rules:
+            held = np.asarray(rule.holds(columns))
+            if held.dtype != np.bool_ or held.shape != (table.num_rows,) or not held.all():
+                return False
+        return True
+
+
+def _trivial_cast(table: pa.Table, schema: pa.Schema) -> bool:
+    """Would casting ``table`` to ``schema`` only decode dictionaries (or change nothing), and never fail?"""
+    for column, target in zip(table.columns, schema, strict=True):
+        if column.null_count:  # a null in a non-nullable field fails the cast: make it now, where it is caught
+            return False
+        kind = column.type
+        if kind != target.type and not (pa.types.is_dictionary(kind) and kind.value_type == target.type
+                                         and pa.types.is_string(target.type)):
+            return False
+    return True
 
 
 # -- the pass ---------------------------------------------------------------------------------------
@@ -510,6 +644,7 @@ class _RunPass:
         self.first_step: int | None = None
         self.broken: set[str] = set()
         self.breaches = 0
+        self.screens: dict[str, _SchemaScreen] = {}
 
     # ---- set-up
     def open(self) -> tuple[int, int] | None:
@@ -663,7 +798,7 @@ class _RunPass:
                 continue
             window = tables[name]
             self.rows[name] = self.rows.get(name, 0) + table.num_rows
-            self._schema(rtype, table)
+            self._schema(rtype, table, window)
             del table  # the strings were for pandera; the checks below use the dictionary codes
             self._unique(name, window, lo, key_columns(rtype))
             self._coverage(rtype, window, lo, n, raw_present, raw_ts)
@@ -676,14 +811,21 @@ class _RunPass:
         self._sample(feats)
 
     def _conform(self, name: str, table: pa.Table) -> pa.Table | None:
-        """The window with exactly today's columns, in order; a table whose columns differ is a schema finding."""
+        """The window with exactly today's columns, in order; a table whose columns differ is a schema finding.
+
+        Names stay dictionary-encoded where that is all that differs from today's types and no value
+        is null: that cast cannot fail, and it is made only if the window goes to pandera (:meth:`_schema`).
+        """
         schema = arrow_schema(name)
         missing = [c for c in schema.names if c not in table.column_names]
         extra = [c for c in table.column_names if c not in schema.names]
         try:
             if missing:
                 raise TypeError(f"missing columns {missing}")
-            return table.select(schema.names).cast(schema)
+            selected = table.select(schema.names)
+            if _trivial_cast(selected, schema):
+                return selected
+            return selected.cast(schema)
         except (TypeError, pa.ArrowException) as exc:
             if name not in self.broken:
                 self.broken.add(name)
@@ -693,11 +835,13 @@ class _RunPass:
             return None
 
     # ---- schema, uniqueness, completeness
-    def _schema(self, rtype: ResultType, table: pa.Table) -> None:
+    def _schema(self, rtype: ResultType, table: pa.Table, window: _Window) -> None:
         name = rtype.value
         self.out.checked("schema", table.num_rows)
+        if self._screened(rtype, table, window):
+            return
         try:
-            result = validate_table(rtype, table, self.ctx.mode)
+            result = validate_table(rtype, table.cast(arrow_schema(name)), self.ctx.mode)
         except ComponentError as exc:  # columns pandera cannot judge row by row
             self.out.add(Finding("schema", "fail", name, None, None, str(exc)))
             self.broken.add(name)
@@ -719,6 +863,15 @@ class _RunPass:
             issue.add(steps, example=examples.get((column, rule), ""))
             issue.rows += int(details.get("rows", len(steps)))
 
+    def _screened(self, rtype: ResultType, table: pa.Table, window: _Window) -> bool:
+        """Would ``validate_table`` take its screen's way on the (decoded) window? (see :class:`_SchemaScreen`)"""
+        if not table.num_rows:
+            return True  # validate_table judges no rows valid
+        screen = self.screens.get(rtype.value)
+        if screen is None:
+            screen = self.screens[rtype.value] = _SchemaScreen(mode_schema(rtype, self.ctx.mode))
+        return screen.passes(table, window)
+
     def _unique(self, name: str, window: _Window, lo: int, key: tuple[str, ...]) -> None:
         """Rows sharing the table's key: the key's columns as one integer per row, counted."""
         table = window.table
@@ -735,6 +888,10 @@ class _RunPass:
             radix *= max(1, len(codes.values))
         composite = window.idx.astype(np.int64) * radix + code
         if (int(window.idx.max()) + 1) * radix <= _BINCOUNT_LIMIT:
+            seen = np.zeros((int(window.idx.max()) + 1) * radix, dtype=np.bool_)
+            seen[composite] = True
+            if np.count_nonzero(seen) == len(composite):  # as many keys as rows: none repeats (a byte per key, not a count)
+                return
             tally = np.bincount(composite)
             if tally.max() <= 1:
                 return
@@ -825,8 +982,14 @@ class _RunPass:
         ts = table.column("timestamp").cast(pa.int64()).to_numpy()
         low_ts = np.full(n, np.iinfo(np.int64).max)
         high_ts = np.full(n, np.iinfo(np.int64).min)
-        np.minimum.at(low_ts, idx, ts)
-        np.maximum.at(high_ts, idx, ts)
+        if bool((idx[1:] >= idx[:-1]).all()):
+            # Rows in timestep order: each timestep's rows are one run, reduced at once.
+            starts = np.flatnonzero(np.concatenate([[True], idx[1:] != idx[:-1]]))
+            low_ts[idx[starts]] = np.minimum.reduceat(ts, starts)
+            high_ts[idx[starts]] = np.maximum.reduceat(ts, starts)
+        else:
+            np.minimum.at(low_ts, idx, ts)
+            np.maximum.at(high_ts, idx, ts)
         differs = present & raw_present & ((low_ts != raw_ts) | (high_ts != raw_ts))
         if differs.any():
             at = np.flatnonzero(differs)
@@ -1319,9 +1482,10 @@ class _Features:
         present[w.idx] = True
         series: dict[tuple[str, str, str], np.ndarray] = {}
         assets: dict[tuple[str, str, str], str] = {}
-        for value in np.unique(code):
-            rows = code == value
-            first = int(np.flatnonzero(rows)[0])
+        # The series present, in code order: a count per code (a few hundred at most), not np.unique's sort.
+        for value in np.flatnonzero(np.bincount(code)) if len(code) else ():
+            rows = np.flatnonzero(code == value)
+            first = int(rows[0])
             key = (venue.values[venue.codes[first]], account.values[account.codes[first]],
                    instrument.values[instrument.codes[first]])
             series[key] = _dense(n, w.idx[rows], amounts[rows])
