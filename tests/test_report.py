@@ -10,7 +10,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 from typer.testing import CliRunner
@@ -168,3 +170,31 @@ def test_the_stores_named_methods_map_to_the_bundle_and_exports(tmp_path: Path) 
     summary = json.loads((directory / "summary.json").read_text())
     assert summary["timesteps"] == 12 and summary["funding_pnl"] is None  # lending earns no funding
     assert datetime.fromisoformat(summary["end"]) - datetime.fromisoformat(summary["start"]) == timedelta(hours=11)
+
+
+def test_the_pivot_puts_each_series_at_its_timesteps_whenever_it_first_appears_and_across_gaps() -> None:
+    """performance.csv's columns come from a pivot of the long tables (one row per timestep and series): a
+    series that starts late (a venue added mid-run, past the first rows) keeps its place after the others
+    and NaN before it starts; a table with timesteps the window does not have, or a window with gaps in its
+    timesteps, still puts every value at its own timestep."""
+    from results_store.report import _series
+
+    def long_table(rows: list[tuple[int, str, float]]) -> pa.Table:
+        return pa.table({"timestep": pa.array([r[0] for r in rows], pa.int64()),
+                         "venue": pa.array([r[1] for r in rows]).dictionary_encode(),
+                         "value": pa.array([r[2] for r in rows], pa.float64())})
+
+    steps = np.arange(100, 3_100, dtype=np.int64)
+    rows = [(int(t), venue, float(t) + offset) for t in steps for venue, offset in (("binance", 0.1), ("bybit", 0.2))]
+    rows += [(int(t), "okx", float(t) + 0.3) for t in steps[2_500:]]  # okx starts after 5,000 rows
+    rows.sort(key=lambda r: r[0])
+    expected = long_table(rows).to_pandas().pivot_table(index="timestep", columns="venue", values="value")
+    pivot = _series(long_table(rows), steps, ("venue",), "value")
+    assert list(pivot) == [("binance",), ("bybit",), ("okx",)]  # the order they first appear in
+    for (venue,), series in pivot.items():
+        assert np.array_equal(series, expected[venue].reindex(steps).to_numpy(), equal_nan=True), venue
+    assert np.isnan(pivot[("okx",)][:2_500]).all()
+
+    gappy = np.array([5, 6, 9, 10, 20], dtype=np.int64)  # the window's timesteps, with gaps
+    pivot = _series(long_table([(6, "binance", 1.0), (9, "binance", 2.0), (20, "binance", 3.0)]), gappy, ("venue",), "value")
+    assert np.array_equal(pivot[("binance",)], [np.nan, 1.0, 2.0, np.nan, 3.0], equal_nan=True)
