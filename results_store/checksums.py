@@ -32,6 +32,7 @@ missing, truncated, corrupt or untracked file with its table, runs and the versi
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -110,9 +111,11 @@ def file_sha256(path: Path) -> tuple[int, str]:
     """(size, sha256 hex) of a file, read in ``CHUNK_BYTES`` chunks."""
     digest = hashlib.sha256()
     size = 0
-    buffer = bytearray(CHUNK_BYTES)
-    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as handle:
+        # Most files hashed are a commit's few kilobytes (every live commit hashes one per table):
+        # a buffer of their size, not a zeroed MiB each.
+        buffer = bytearray(min(CHUNK_BYTES, os.fstat(handle.fileno()).st_size + 1))
+        view = memoryview(buffer)
         while count := handle.readinto(buffer):
             digest.update(view[:count])
             size += count
@@ -205,13 +208,17 @@ def _digest(body: dict[str, Any]) -> str:
 def _write_entry(table_dir: Path, name: str, body: dict[str, Any]) -> Path:
     """Write one manifest entry atomically (a reader never sees half of it)."""
     directory = table_dir / MANIFEST_DIR
-    directory.mkdir(parents=True, exist_ok=True)
     content = {**body, "format": 1}
     content["digest"] = _digest(content)
+    data = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
     target = directory / name
     temporary = directory / f".tmp-{uuid.uuid4().hex}"
     try:
-        temporary.write_bytes(orjson.dumps(content, option=orjson.OPT_SORT_KEYS))
+        try:
+            temporary.write_bytes(data)
+        except FileNotFoundError:  # the table's first entry: the directory is made once, not checked per commit
+            directory.mkdir(parents=True, exist_ok=True)
+            temporary.write_bytes(data)
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -291,6 +298,20 @@ def _local(table_dir: Path, log_path: str) -> str:
     return unquote(log_path)
 
 
+def _hash_added(table_dir: Path, log_path: str, skip_missing: bool) -> tuple[str, int, str] | None:
+    """(path on disk relative to the table, size, sha256) of an added file (as ``_local`` finds it);
+    None if it is gone and ``skip_missing``. Hashed where it is first looked for: no ``stat`` before."""
+    for local in dict.fromkeys((log_path, unquote(log_path))):
+        try:
+            size, digest = file_sha256(table_dir / local)
+        except FileNotFoundError:
+            continue
+        return local, size, digest
+    if skip_missing:
+        return None
+    raise FileNotFoundError(errno.ENOENT, "an added file is missing", str(table_dir / unquote(log_path)))
+
+
 def _parse_log(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """(commitInfo, adds, removes) of one commit file."""
     info: dict[str, Any] = {}
@@ -346,11 +367,11 @@ def record_commit(table_dir: Path, version: int, log_bytes: bytes | None = None,
         files.append(FileEntry(f"{LOG_DIR}/{checkpoint.name}", "checkpoint", size, digest, version))
     runs: set[str] = set()
     for add in adds:
-        local = _local(table_dir, str(add["path"]))
         run = (add.get("partitionValues") or {}).get("run_id")
-        if skip_missing and not (table_dir / local).exists():
+        hashed = _hash_added(table_dir, str(add["path"]), skip_missing)
+        if hashed is None:
             continue
-        size, digest = file_sha256(table_dir / local)
+        local, size, digest = hashed
         files.append(FileEntry(local, "data", size, digest, version, run))
         if run is not None:
             runs.add(str(run))

@@ -11,6 +11,10 @@ files nothing vacuumed. The live policy (:class:`LiveCompaction`) instead:
 - **compacts the day** when the run's data rolls over into a new UTC day
   (``select="uncompacted"``, into one ``compacted-…`` file per day): a second rewrite.
 
+It also keeps each table's log **checkpointed** every ``CHECKPOINT_INTERVAL`` versions, as delta-rs
+does after its own commits, for commits that did not write one (a commit whose log entry the store
+wrote itself): that checkpoint is made here, after the commit and off its latency, not in it.
+
 A run that ends with its day (the every-minute deployment names one run per UTC day) never sees
 the roll-over itself: the next day's run does, at its first commit, and compacts the live runs
 whose days are over (``compact_finished_days``), so that by the nightly retention (04:00) the files
@@ -20,25 +24,44 @@ compacts whatever a quiet day left over.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from results_store import delta_tables
+from results_store import checksums, delta_tables
 from schemas.modes import Compression
 from schemas.store_tables import RAW_SNAPSHOTS
 
-__all__ = ["LIVE_MERGE_FILES", "LiveCompaction", "is_append", "last_timestamp_us", "run_last_day"]
+__all__ = ["CHECKPOINT_INTERVAL", "LIVE_MERGE_FILES", "LiveCompaction", "is_append", "last_timestamp_us", "run_last_day"]
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 # Appended files per table after which a live run's appends are merged. A day of one-minute
 # collections is then 45 merges of 32 files (each row rewritten once), and a reader of the day opens
 # at most ~45 + 31 files before the day's compaction.
 LIVE_MERGE_FILES = 32
+# delta-rs's default checkpoint interval: a checkpoint at every version v with (v + 1) % 100 == 0.
+CHECKPOINT_INTERVAL = 100
+# Tables compacted side by side. Every table of a run reaches the merge threshold at the same commit
+# (each batch commits to all of them), and one after the other the ten merges held that commit's
+# successor for ~0.7 s (bench/bench_live.py); pyarrow and delta-rs work outside the GIL.
+COMPACTION_THREADS = 4
+
+
+def _each(call: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    """``[call(item) for item in items]``, side by side; the first failure (in ``items`` order) is raised."""
+    if len(items) < 2:
+        return [call(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(COMPACTION_THREADS, len(items)),
+                            thread_name_prefix="results-store-compact") as pool:
+        return list(pool.map(call, items))
 
 
 def is_append(file: Path | str) -> bool:
@@ -74,22 +97,31 @@ class LiveCompaction:
     fresh: bool = False
     done: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Per table, the newest checkpoint boundary (a version v with (v + 1) % CHECKPOINT_INTERVAL == 0) seen to.
+    checkpointed: dict[str, int] = field(default_factory=dict)
+    checkpoints: list[tuple[str, int]] = field(default_factory=list)
 
     def start(self) -> None:
         """Count each table's appends since its last merge, and find the run's current day."""
+        def count(path: Path) -> tuple[int, int] | None:
+            if not delta_tables.table_exists(path):
+                return None
+            files = delta_tables.table_files(path).runs([self.run_id])[0][1]
+            return sum(1 for f in files if is_append(f.path)), len(files)
+
         stored = 0
-        for name, path in self.table_paths.items():
-            if delta_tables.table_exists(path):
-                files = delta_tables.table_files(path).runs([self.run_id])[0][1]
-                self.appended[name] = sum(1 for f in files if is_append(f.path))
-                stored += len(files)
+        for name, counted in zip(self.table_paths, _each(count, list(self.table_paths.values())), strict=True):
+            if counted is not None:
+                self.appended[name] = counted[0]
+                stored += counted[1]
         self.fresh = stored == 0  # a new run: its first commit is another day's roll-over
         raw = self.table_paths.get(RAW_SNAPSHOTS)
         self.day = run_last_day(raw, self.run_id) if raw is not None else None
         self.started = True
 
     def after_commit(self, committed: Iterable[str], last_timestamp_us: int | None) -> list[dict[str, Any]]:
-        """Compact what the policy says after a commit of ``committed`` tables; returns what it did."""
+        """Compact what the policy says after a commit of ``committed`` tables (their new versions when
+        a mapping: then their checkpoints are seen to as well); returns the compactions it made."""
         # Told of a commit before it started: the count it starts from already includes that commit.
         counted = not self.started
         if counted:
@@ -99,19 +131,25 @@ class LiveCompaction:
         if day is not None and self.day is not None and day > self.day:
             # The run's data rolled over into a new UTC day: the days before are final, compact them.
             midnight = int(datetime.combine(day, time.min, UTC).timestamp() * 1_000_000)
-            for name, path in self.table_paths.items():
-                result = delta_tables.compact_run(path, self.run_id, compression=self.compression, select="uncompacted",
-                                                  before_us=midnight)
+            names = list(self.table_paths)
+            results = _each(lambda name: delta_tables.compact_run(
+                self.table_paths[name], self.run_id, compression=self.compression, select="uncompacted",
+                before_us=midnight), names)
+            committed = set(committed)
+            for name, result in zip(names, results, strict=True):
                 self.appended[name] = 1 if name in committed else 0
                 if result.get("numFilesRemoved"):
                     actions.append({"table": name, "step": "day", "day": self.day.isoformat(), **result})
         else:
+            due = []
             for name in committed:
                 self.appended[name] = self.appended.get(name, 0) + (0 if counted else 1)
-                if self.appended[name] < self.merge_files:
-                    continue
-                result = delta_tables.compact_run(self.table_paths[name], self.run_id, compression=self.compression,
-                                                  select="appended", output="merged", min_files=self.merge_files)
+                if self.appended[name] >= self.merge_files:
+                    due.append(name)
+            results = _each(lambda name: delta_tables.compact_run(
+                self.table_paths[name], self.run_id, compression=self.compression, select="appended",
+                output="merged", min_files=self.merge_files), due)
+            for name, result in zip(due, results, strict=True):
                 self.appended[name] = 0
                 if result.get("numFilesRemoved"):
                     actions.append({"table": name, "step": "merge", **result})
@@ -120,8 +158,24 @@ class LiveCompaction:
             actions += self.compact_finished_days(day)
         if day is not None:
             self.day = max(day, self.day) if self.day is not None else day
+        if isinstance(committed, Mapping):
+            self._checkpoint(committed)
         self.done.extend(actions)
         return actions
+
+    def _checkpoint(self, versions: Mapping[str, int]) -> None:
+        """Checkpoint each table whose commit passed a checkpoint boundary without one being written."""
+        due = []
+        for name, version in versions.items():
+            boundary = version - (version + 1) % CHECKPOINT_INTERVAL
+            if boundary < 0 or boundary <= self.checkpointed.get(name, -1):
+                continue
+            self.checkpointed[name] = boundary
+            path = self.table_paths[name]
+            if not (path / checksums.LOG_DIR / f"{boundary:020d}.checkpoint.parquet").exists():
+                due.append(name)  # one stat per table per interval when the commits wrote theirs
+        made = _each(lambda name: delta_tables.checkpoint(self.table_paths[name]), due)
+        self.checkpoints.extend((name, version) for name, version in zip(due, made, strict=True) if version is not None)
 
     def compact_finished_days(self, today: date) -> list[dict[str, Any]]:
         """Compact the other live runs' days before ``today`` that are still in more than one file.

@@ -9,19 +9,22 @@
   never goes past the last snapshot already counted as spilled, so a snapshot whose append has
   landed but whose ``accept`` has not yet decided its way is never also read from the backlog
   (it would then be committed twice);
-* commit: start a new WAL segment per batch, commit it (the batch writer retries transient
-  failures), then delete fully committed segments. A commit that fails for good fails the run,
-  and the batch stays in the WAL for the next run;
-* recover: on start, what the WAL holds past the committed watermark becomes the backlog.
+* commit: roll the WAL over if its open segment is full (so that the next segment is open before
+  the engine appends to it: an acknowledgement never creates a file), commit the batch (the batch
+  writer retries transient failures), then delete fully committed segments. A commit that fails
+  for good fails the run, and the batch stays in the WAL for the next run;
+* recover: on start, what the WAL holds past the committed watermark becomes the backlog, and the
+  segment the first acknowledgements go to is opened.
 
 Storage errors are mapped by ``results_store.error_map``: a WAL append retries a transient one
 briefly and raises a terminal one to the engine (the snapshot is then not acknowledged).
 
 Every use of the ``WriteAheadLog`` goes through this class, under one lock: appends run in a
-worker thread, backlog reads in another and segment releases in a third, and the log's file
-descriptor and per-segment bookkeeping are not safe to share between them. Each locked call is
-made from a worker thread, never from the event loop, so waiting for the lock (an fsync, a chunk
-read) never stalls the engine's event loop. The spill counters are only touched on the event loop.
+worker thread, backlog reads in another and segment roll-overs and releases in a third, and the
+log's file descriptor and per-segment bookkeeping are not safe to share between them. Each locked
+call is made from a worker thread, never from the event loop, so waiting for the lock (an fsync, a
+chunk read) never stalls the engine's event loop. The spill counters are only touched on the event
+loop.
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ class LiveDurability:
     async def recover(self, watermark: int) -> WalEntry | None:
         """Turn what the WAL holds past ``watermark`` into the backlog; return its last entry, if any."""
         replay = await asyncio.to_thread(self._entries_after, watermark)
+        # Every segment has been read: the one opened now is named after all of them.
+        await self._roll(after=watermark)
         if not replay:
             return None
         self._spill_pending = len(replay)
@@ -165,13 +170,22 @@ class LiveDurability:
     async def commit(self, batch: PreparedBatch, write: Callable[[PreparedBatch], CommitOutcome]) -> CommitOutcome:
         """Commit ``batch`` with ``write``, which retries transient failures itself. A failure is
         raised: the batch stays in the WAL, and the next run (collection) commits it."""
-        # A new segment per batch, so a segment can be deleted as soon as its batch is committed.
-        await asyncio.to_thread(self._seal)
+        # Here, in a worker thread, rather than in the engine's append: a full segment is sealed
+        # (to be deleted once committed) and the next one opened.
+        await self._roll()
         return await asyncio.to_thread(write, batch)
 
-    def _seal(self) -> None:
-        with self._wal_lock, storage_errors("seal a write-ahead log segment", self.directory):
-            self._wal.seal()
+    async def _roll(self, after: int = -1) -> None:
+        """Open the next WAL segment if the open one is full (or there is none). A failure is
+        logged, not raised: an append then opens the segment itself, and reports its own failure."""
+        try:
+            await asyncio.to_thread(self._roll_locked, after)
+        except Exception as exc:
+            self._log_error(map_error(exc, "open a write-ahead log segment", self.directory))
+
+    def _roll_locked(self, after: int) -> None:
+        with self._wal_lock, storage_errors("open a write-ahead log segment", self.directory):
+            self._wal.roll(after)
 
     async def release_through(self, timestep: int) -> None:
         """Delete the WAL segments whose snapshots are all committed (timestep <= ``timestep``).

@@ -1,0 +1,46 @@
+"""A live run's tables keep a checkpoint every 100 versions, whoever wrote the commits.
+
+delta-rs checkpoints after its own commits; a commit whose log entry the store writes itself does
+not, so the live policy (``LiveCompaction``) checkpoints after such a commit, off its latency.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import PostCommitHookProperties
+
+from results_store import checksums, delta_tables
+from results_store.compaction import CHECKPOINT_INTERVAL, LiveCompaction
+
+STEPS = CHECKPOINT_INTERVAL + 20
+
+
+def _rows(step: int) -> pa.Table:
+    return pa.table({"run_id": ["r1"], "timestep": pa.array([step], pa.int64()), "value": [float(step)]})
+
+
+def _checkpoints(path: Path) -> list[str]:
+    return sorted(n for n in os.listdir(path / checksums.LOG_DIR) if n.endswith(".checkpoint.parquet"))
+
+
+@pytest.mark.parametrize("commits_checkpoint", [False, True])
+def test_a_live_table_has_a_checkpoint_every_interval_and_only_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commits_checkpoint: bool) -> None:
+    if not commits_checkpoint:  # commits that leave the checkpoint to the policy
+        monkeypatch.setattr(delta_tables, "_HOOKS",
+                            PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False))
+    path = tmp_path / "live" / "values"
+    policy = LiveCompaction({"values": path}, "r1", merge_files=STEPS + 1)
+    for step in range(STEPS):
+        version = delta_tables.append_exactly_once(path, _rows(step), run_id="r1", last_timestep=step)
+        assert version is not None
+        policy.after_commit({"values": version}, None)
+
+    assert _checkpoints(path) == [f"{CHECKPOINT_INTERVAL - 1:020d}.checkpoint.parquet"]
+    assert policy.checkpoints == ([] if commits_checkpoint else [("values", CHECKPOINT_INTERVAL - 1)])
+    assert delta_tables.committed_txn_version(path, "r1") == STEPS - 1
+    assert checksums.verify(tmp_path, ["live"], all_versions=True, in_flight_seconds=0).ok
