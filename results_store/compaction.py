@@ -135,9 +135,9 @@ class LiveCompaction:
             results = _each(lambda name: delta_tables.compact_run(
                 self.table_paths[name], self.run_id, compression=self.compression, select="uncompacted",
                 before_us=midnight), names)
-            committed = set(committed)
+            tables = set(committed)
             for name, result in zip(names, results, strict=True):
-                self.appended[name] = 1 if name in committed else 0
+                self.appended[name] = 1 if name in tables else 0
                 if result.get("numFilesRemoved"):
                     actions.append({"table": name, "step": "day", "day": self.day.isoformat(), **result})
         else:

@@ -7,6 +7,7 @@ not, so the live policy (``LiveCompaction``) checkpoints after such a commit, of
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
@@ -43,4 +44,20 @@ def test_a_live_table_has_a_checkpoint_every_interval_and_only_one(
     assert _checkpoints(path) == [f"{CHECKPOINT_INTERVAL - 1:020d}.checkpoint.parquet"]
     assert policy.checkpoints == ([] if commits_checkpoint else [("values", CHECKPOINT_INTERVAL - 1)])
     assert delta_tables.committed_txn_version(path, "r1") == STEPS - 1
+    assert checksums.verify(tmp_path, ["live"], all_versions=True, in_flight_seconds=0).ok
+
+
+def test_the_commit_that_rolls_the_day_over_is_checkpointed_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delta_tables, "_HOOKS", PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False))
+    path = tmp_path / "live" / "values"
+    policy = LiveCompaction({"values": path}, "r1", merge_files=STEPS + 1)
+    midnight_us = 1_700_006_400 * 1_000_000  # 2023-11-15 00:00 UTC
+    for step in range(CHECKPOINT_INTERVAL - 1):  # versions 1..99: the table's creation is version 0
+        version = delta_tables.append_exactly_once(path, _rows(step), run_id="r1", last_timestep=step)
+        assert version is not None
+        # The commit of version 99, the checkpoint boundary, is the first of the next UTC day.
+        policy.after_commit({"values": version}, midnight_us + (step - (CHECKPOINT_INTERVAL - 2)) * 60_000_000)
+
+    assert policy.day == date(2023, 11, 15)  # the roll-over was seen (the rows have no timestamps to compact)
+    assert [name for name, _ in policy.checkpoints] == ["values"] and _checkpoints(path)
     assert checksums.verify(tmp_path, ["live"], all_versions=True, in_flight_seconds=0).ok
