@@ -11,6 +11,10 @@ kind of exception behind them) for:
   test_flatten, and values at the edges of what the builders accept (NaN, inf, -0.0, numpy
   scalars, 0/1 flags, integers beyond 64 bits, descriptive extras ...).
 
+Each is read both ways: by the bulk reader first (which hands what it does not read cleanly to the
+exact one) and by the exact reader alone; the bulk reader must read the reference chunks itself,
+and batches whose snapshots' keys vary (order, number) as the exact reader does.
+
 A case whose key path a mode's snapshots lack (no perp positions in pure_lending) is pinned as
 "n/a" for that mode. To see what changed, run this module: it prints the fingerprints of the
 code as it is (``.venv/bin/python -m tests.test_flatten_equivalence``); only paste them in
@@ -22,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import random
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -32,6 +37,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from results_store import flatten
 from results_store.flatten import FlattenResult, SnapshotItem, flatten_batch
 from schemas.modes import MODE_NAMES, ModeConfig, load_mode
 from tests.store.conftest import snapshots
@@ -716,13 +722,86 @@ def _one_line(prints: dict[str, str]) -> str:
     return " ".join(prints[name] for name in MODE_NAMES)
 
 
+@pytest.fixture(params=["bulk", "exact"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The batch goes to the bulk reader first (which hands what it does not read cleanly to the
+    exact one), or to the exact reader alone, whatever its size."""
+    monkeypatch.setattr(flatten, "_BULK_MIN", 1 if request.param == "bulk" else 10**9)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("mode_name", MODE_NAMES)
-def test_a_reference_chunk_flattens_to_the_same_tables(mode_name):
+def test_a_reference_chunk_flattens_to_the_same_tables(mode_name, reader):
     assert chunk_fingerprints(mode_name) == GOLDEN_CHUNKS[mode_name]
 
 
+@pytest.mark.parametrize("mode_name", MODE_NAMES)
+def test_the_bulk_reader_reads_a_reference_chunk_itself(mode_name):
+    # The fast path is taken (a fallback to the exact reader would give the same tables, slowly).
+    result = flatten._bulk(_chunk(mode_name), _MODES[mode_name], "golden-run")
+    assert {t.value: f"{table.num_rows}:{_table_digest(table)[:12]}" for t, table in result.tables.items()} == \
+        GOLDEN_CHUNKS[mode_name]
+
+
+def _reorder(mapping: dict[str, Any], rng: random.Random) -> None:
+    """The same keys and values in another order."""
+    entries = list(mapping.items())
+    rng.shuffle(entries)
+    mapping.clear()
+    mapping.update(entries)
+
+
+def _vary(results: dict[str, Any], rng: random.Random) -> None:
+    """A valid snapshot with keys another engine might write differently: reordered, dropped or added."""
+    pm, pnl = results["position_monitor"], results["pnl_calculator"]
+    risk = results["risk_monitor"]["risk_metrics"]
+    mappings = [pm["wallet"], pm["cex_accounts"], pm["perp_positions"], *pm["cex_accounts"].values(),
+                *pm["perp_positions"].values(), pnl["attribution"], pnl["balance_based"], pnl.get("funding", {}),
+                results["exposure_monitor"]["asset_exposures"], *risk.values()]
+    for mapping in rng.sample(mappings, k=3):
+        _reorder(mapping, rng)
+    change = rng.randrange(9)
+    if change == 0 and pm["wallet"]:
+        pm["wallet"].pop(rng.choice(list(pm["wallet"])))
+    elif change == 1:
+        pm["wallet"][rng.choice(["EIGEN", "KING", "DOGE", "USDT"])] = rng.choice([1.5, 2, -0.0, float("nan")])
+    elif change == 2:
+        pm["cex_accounts"][rng.choice(["kraken", "binance"])] = {"USDT": 5.0, "ETH": rng.choice([0.25, 3])}
+    elif change == 3:
+        pm["perp_positions"].setdefault("okx", {})["BTC-USD-SWAP"] = {"size": -1.0, "entry_price": 60_000.0}
+    elif change == 4:
+        pnl["attribution"][rng.choice(["fees", "rebates"])] = rng.choice([0.5, 1, True])
+    elif change == 5:
+        pnl["balance_based"]["fees_paid"] = rng.choice([3.0, 4, np.float64(0.5)])
+    elif change == 6:
+        risk["ltv_risk"].pop("leverage", None)
+        risk["delta_risk"]["extra"] = rng.choice([0.1, 7, False])
+    elif change == 7 and len(pnl.get("funding", {})) > 1:
+        pnl["funding"].pop(next(iter(pnl["funding"])))
+    elif change == 8:
+        results["exposure_monitor"]["asset_exposures"]["BTC"] = {"delta": 0.5, "exposure_usd": 10.0}
+
+
+@pytest.mark.parametrize("mode_name", MODE_NAMES)
+def test_the_bulk_reader_reads_irregular_batches_as_the_exact_one_does(mode_name):
+    # Snapshots whose keys differ from one to the next (order, number): the bulk reader's general
+    # path, which the reference chunks (every snapshot alike) do not take.
+    rng = random.Random(mode_name)
+    items = _chunk(mode_name)[:400]
+    varied = []
+    for item in items:
+        results = copy.deepcopy(item.results)
+        if rng.random() < 0.5:
+            _vary(results, rng)
+        varied.append(SnapshotItem(item.timestep, item.timestamp, results))
+    bulk = flatten._bulk(varied, _MODES[mode_name], "r")  # clean: the bulk reader reads it itself
+    exact = flatten._flatten(varied, _MODES[mode_name], "r")
+    assert exact.rejected == []
+    assert _fingerprint(bulk) == _fingerprint(exact)
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_and_odd_snapshots_flatten_and_reject_the_same(case):
+def test_bad_and_odd_snapshots_flatten_and_reject_the_same(case, reader):
     assert _one_line(case_fingerprints(case)) == GOLDEN_CASES[case]
 
 
