@@ -862,11 +862,13 @@ def _no_bools(values: list[Any]) -> None:
         raise _NotClean
 
 
-def _only_reals(values: list[Any]) -> None:
-    """Only real numbers, which the exact reader of figures stores as they are (a bool as 1.0/0.0, as
-    Arrow converts it); anything else it skips as descriptive, or refuses."""
-    if not all(issubclass(kind, numbers.Real) for kind in set(map(type, values))):
+def _flags(values: list[Any]) -> list[Any]:
+    """Flags as the exact reader reads them: a bool, or a real 0 or 1 as that bool (anything else: not clean)."""
+    if set(map(type, values)) <= {bool}:
+        return values
+    if not all(isinstance(v, numbers.Real) and v in (0, 1) for v in values):
         raise _NotClean
+    return [bool(v) for v in values]
 
 
 def _sums(counts: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -1083,35 +1085,48 @@ def _account_rows(kind: str, books: list[Any]) -> _Part:
     return _Part(counts, [names, kind, assets, keys], [_array(amounts, _FLOAT)], regular)
 
 
-def _named_rows(label: str, dicts: list[Any], reals: bool, required: frozenset[str] = frozenset()) -> _Part:
-    """One row per (name, value) of each dict, labelled ``label``; ``reals``: values that must be real numbers."""
-    figures = _Dicts(dicts)
-    figures.require(required)
-    values = figures.values()
-    if reals:
-        _only_reals(values)
-    return _keyed_part(figures, [_array(values, _FLOAT)], label)
+def _named_rows(label: str, dicts: list[Any], figures_only: bool, required: frozenset[str] = frozenset()) -> _Part:
+    """One row per (name, value) of each dict, labelled ``label``.
+
+    ``figures_only``: a row per real number only (a bool is stored as 1.0/0.0, as Arrow converts
+    it); the exact reader skips other values as descriptive (they stay in raw_snapshots) and
+    refuses a ``required`` one."""
+    named = _Dicts(dicts)
+    named.require(required)
+    values = named.values()
+    real = {kind: issubclass(kind, numbers.Real) for kind in set(map(type, values))}
+    if not figures_only or all(real.values()):
+        return _keyed_part(named, [_array(values, _FLOAT)], label)
+    kept = list(map(real.__getitem__, map(type, values)))
+    if any(key in required for key, keep in zip(named.keys, kept, strict=True) if not keep):
+        raise _NotClean
+    amounts = [_array(list(itertools.compress(values, kept)), _FLOAT)]
+    n, width = len(dicts), len(named.same or ())
+    if named.same is not None and kept == kept[:width] * n:  # the same ones skipped in every snapshot
+        names = list(itertools.compress(named.same, kept))
+        return _Part(np.full(n, len(names), dtype=np.int64), [label, names], amounts, regular=True)
+    counts = _sums(np.array(kept, dtype=np.int64), named.counts())
+    return _Part(counts, [label, list(itertools.compress(named.keys, kept))], amounts, regular=False)
 
 
 def _bulk_pnl_attribution(pnls: list[Any]) -> Columns:
     attribution, balance, reconciliation = (_each(key, pnls) for key in
                                             ("attribution", "balance_based", "reconciliation"))
     figures = list(chain.from_iterable(map(_RECONCILIATION_OF, reconciliation)))
-    if not set(map(type, figures[2::3])) <= {bool}:  # passed: a 0/1 flag is converted; let the exact reader
-        raise _NotClean
+    figures[2::3] = _flags(figures[2::3])  # passed: 1.0 or 0.0 (Arrow stores a bool so)
     n = len(pnls)
     return _assemble([
-        _named_rows("attribution", attribution, reals=False),  # stored as they are, whatever they are
-        _named_rows("balance_based", balance, reals=True, required=_BALANCE_KEYS),
+        _named_rows("attribution", attribution, figures_only=False),  # stored as they are, whatever they are
+        _named_rows("balance_based", balance, figures_only=True, required=_BALANCE_KEYS),
         _Part(np.full(n, 3, dtype=np.int64), ["reconciliation", list(_RECONCILIATION)],
-              [_array(figures, _FLOAT)], regular=True),  # Arrow stores True/False as 1.0/0.0, as the exact reader
+              [_array(figures, _FLOAT)], regular=True),
     ], n)
 
 
 def _bulk_risk_metrics(monitors: list[Any]) -> Columns:
     _require(monitors, _RISK_MONITOR_KEYS)
     metrics = _each("risk_metrics", monitors)
-    return _assemble([_named_rows(group, _each(group, metrics), reals=True, required=frozenset(required))
+    return _assemble([_named_rows(group, _each(group, metrics), figures_only=True, required=frozenset(required))
                       for group, required in _RISK_REQUIRED], len(monitors))
 
 
@@ -1147,9 +1162,7 @@ def _bulk_leverage_tracking(monitors: list[Any]) -> Columns:
     if None in leverage:  # not given: derived as the exact reader derives it
         leverage = [(1.0 / (1.0 - c) if c < 1.0 else float("inf")) if v is None else v
                     for c, v in zip(current, leverage, strict=True)]
-    at_risk = _each("at_risk", liquidation)
-    if not set(map(type, at_risk)) <= {bool}:  # a 0/1 flag is converted; let the exact reader
-        raise _NotClean
+    at_risk = _flags(_each("at_risk", liquidation))
     floats = [current, _each("target_ltv", ltv), _each("max_ltv", ltv), _each("liquidation_threshold", ltv),
               _each("health_factor", liquidation), leverage]
     return np.ones(len(monitors), dtype=np.int64), [*(_array(f, _FLOAT) for f in floats),

@@ -760,7 +760,7 @@ def _vary(results: dict[str, Any], rng: random.Random) -> None:
                 results["exposure_monitor"]["asset_exposures"], *risk.values()]
     for mapping in rng.sample(mappings, k=3):
         _reorder(mapping, rng)
-    change = rng.randrange(9)
+    change = rng.randrange(12)
     if change == 0 and pm["wallet"]:
         pm["wallet"].pop(rng.choice(list(pm["wallet"])))
     elif change == 1:
@@ -780,19 +780,35 @@ def _vary(results: dict[str, Any], rng: random.Random) -> None:
         pnl["funding"].pop(next(iter(pnl["funding"])))
     elif change == 8:
         results["exposure_monitor"]["asset_exposures"]["BTC"] = {"delta": 0.5, "exposure_usd": 10.0}
+    elif change == 9:  # descriptive extras: no row (they stay in raw_snapshots)
+        rng.choice(list(risk.values()))["status"] = rng.choice(["ok", None, Decimal("0.5")])
+        pnl["balance_based"]["note"] = "from the ledger"
+    elif change == 10:  # a flag as 0/1
+        pnl["reconciliation"]["passed"] = rng.choice([0, 1, 1.0, -0.0, np.float64(1.0)])
+    elif change == 11:
+        risk["liquidation_risk"]["at_risk"] = rng.choice([0, 1, 0.0])
+
+
+def _same_extras(results: dict[str, Any], rng: random.Random) -> None:
+    """The same descriptive extras and 0/1 flags in every snapshot."""
+    results["risk_monitor"]["risk_metrics"]["ltv_risk"]["note"] = "descriptive"
+    results["pnl_calculator"]["reconciliation"]["passed"] = 1
+    results["risk_monitor"]["risk_metrics"]["liquidation_risk"]["at_risk"] = 0
 
 
 @pytest.mark.parametrize("mode_name", MODE_NAMES)
-def test_the_bulk_reader_reads_irregular_batches_as_the_exact_one_does(mode_name):
-    # Snapshots whose keys differ from one to the next (order, number): the bulk reader's general
-    # path, which the reference chunks (every snapshot alike) do not take.
+@pytest.mark.parametrize(("vary", "share"), [(_vary, 0.5), (_same_extras, 1.0)], ids=["irregular", "same-extras"])
+def test_the_bulk_reader_reads_irregular_batches_as_the_exact_one_does(mode_name, vary, share):
+    # Snapshots whose keys differ from one to the next (order, number), with values the exact
+    # reader skips or converts: the bulk reader's general paths, which the reference chunks (every
+    # snapshot alike, plain floats and bools) do not take.
     rng = random.Random(mode_name)
     items = _chunk(mode_name)[:400]
     varied = []
     for item in items:
         results = copy.deepcopy(item.results)
-        if rng.random() < 0.5:
-            _vary(results, rng)
+        if rng.random() < share:
+            vary(results, rng)
         varied.append(SnapshotItem(item.timestep, item.timestamp, results))
     bulk = flatten._bulk(varied, _MODES[mode_name], "r")  # clean: the bulk reader reads it itself
     exact = flatten._flatten(varied, _MODES[mode_name], "r")
