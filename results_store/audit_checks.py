@@ -50,6 +50,7 @@ from schemas.tables import SPARSE_TABLES, arrow_schema, key_columns, mode_schema
 __all__ = [
     "CHECKS",
     "DEFAULT_WINDOW",
+    "NOT_NULLABLE",
     "READ_ERRORS",
     "CheckResult",
     "Finding",
@@ -58,6 +59,7 @@ __all__ = [
     "RunContext",
     "Status",
     "delta_legs",
+    "null_template",
     "run_pass",
     "worst",
 ]
@@ -92,6 +94,7 @@ _FLAGGED_PAYLOADS = 5_000    # LTV breaches per window whose raw payload is read
 _CASH_ASSETS = frozenset({"USDT", "USDC", "DAI", "USD", "BUSD"})
 _CASH = _CASH_ASSETS | {"a" + a for a in _CASH_ASSETS}
 _NO_STEP = np.iinfo(np.int64).min
+_NO_TIME = np.iinfo(np.int64).min                        # a raw snapshot's timestamp that is null: compared with nothing
 _FREE_TEXT = frozenset({"run_id", "details"})            # string columns that are not names: read as strings
 _VALUE = re.compile(r"\(value (.*)\)$")                  # validate's quarantine message ends "(value 'TSDT')"
 _RULE_TEXT = re.compile(r"rule '[^']*' \((.*)\) failed")  # and its error message gives the rule's description
@@ -326,6 +329,7 @@ class _TableStream:
         self._groups = deque(groups)
         self._pending: list[pa.Table] = []
         self.total_rows = sum(g[2] for g in groups)
+        self.unplaced = 0  # rows read with a null timestep: no window holds them (reported by the pass)
 
     def _file(self, path: str) -> pq.ParquetFile:
         """An open file; a few stay open, since the row groups of a compacted run alternate between files."""
@@ -366,7 +370,8 @@ class _TableStream:
             empty = self.empty()
             return empty, empty
         # One dictionary per column across the window's row groups, so a column's codes mean one thing.
-        table = (pa.concat_tables(parts) if len(parts) > 1 else parts[0]).unify_dictionaries().combine_chunks()
+        table = self._placed((pa.concat_tables(parts) if len(parts) > 1 else parts[0]).unify_dictionaries()
+                             .combine_chunks())
         ordered = table.column("timestep").to_numpy()
         if len(ordered) and bool((ordered[1:] >= ordered[:-1]).all()):
             # Rows in timestep order (as the store writes them): the three parts are slices, not copies.
@@ -385,7 +390,18 @@ class _TableStream:
         """Every row not handed out yet (after the last window)."""
         parts = self._pending + [self._read(g[3], g[4]) for g in self._groups]
         self._pending, self._groups = [], deque()
-        return pa.concat_tables(parts).unify_dictionaries() if parts else self.empty()
+        return self._placed(pa.concat_tables(parts).unify_dictionaries()) if parts else self.empty()
+
+    def _placed(self, table: pa.Table) -> pa.Table:
+        """``table`` without its rows whose timestep is null, which are counted in ``unplaced``.
+
+        Such a row belongs to no window; filtering by timestep would drop it without a word.
+        """
+        steps = table.column("timestep")
+        if not steps.null_count:
+            return table
+        self.unplaced += steps.null_count
+        return table.filter(pc.is_valid(steps))
 
     def close(self) -> None:
         for handle in self._open.values():
@@ -563,15 +579,42 @@ class _SchemaScreen:
 
 
 def _trivial_cast(table: pa.Table, schema: pa.Schema) -> bool:
-    """Would casting ``table`` to ``schema`` only decode dictionaries (or change nothing), and never fail?"""
+    """Would casting ``table`` to ``schema`` (types only: see :func:`_loose`) only decode dictionaries, or change nothing?"""
     for column, target in zip(table.columns, schema, strict=True):
-        if column.null_count:  # a null in a non-nullable field fails the cast: make it now, where it is caught
-            return False
         kind = column.type
         if kind != target.type and not (pa.types.is_dictionary(kind) and kind.value_type == target.type
                                          and pa.types.is_string(target.type)):
             return False
     return True
+
+
+_LOOSE: dict[str, pa.Schema] = {}
+_REQUIRED: dict[str, list[str]] = {}
+NOT_NULLABLE = "not_nullable"  # the rule a null breaks, by the name pandera gives its nullable check
+
+
+def null_template(column: str, where: str = "at {steps}") -> str:
+    """The finding of nulls in a non-nullable ``column``; by default an :class:`Issue` template (it adds the timesteps)."""
+    return f"column {column} breaks rule '{NOT_NULLABLE}' (a null in a column declared non-nullable) {where}"
+
+
+def _loose(name: str) -> pa.Schema:
+    """Today's schema of a result table with every field nullable: the names and types a window is cast to.
+
+    The tables declare every column non-nullable, and pyarrow refuses (ValueError) to cast a column
+    holding a null to a non-nullable field. Conforming a window is about its columns and their
+    types; a null is a value that breaks a rule, judged row by row (:meth:`_RunPass._nulls`).
+    """
+    if name not in _LOOSE:
+        _LOOSE[name] = pa.schema([f.with_nullable(True) for f in arrow_schema(name)])
+    return _LOOSE[name]
+
+
+def _required(name: str) -> list[str]:
+    """The columns of a result table that the table declares non-nullable (all of them, today)."""
+    if name not in _REQUIRED:
+        _REQUIRED[name] = [f.name for f in arrow_schema(name) if not f.nullable]
+    return _REQUIRED[name]
 
 
 # -- the pass ---------------------------------------------------------------------------------------
@@ -639,6 +682,8 @@ class _RunPass:
         self.streams: dict[str, _TableStream] = {}
         self.raw: pads.Dataset | None = None
         self.quarantined: dict[str, np.ndarray] = {}
+        self.nulled: dict[str, np.ndarray] = {}  # per table: timesteps whose rows with nulls left the checks (_nulls)
+        self.unplaced: dict[str, int] = {}       # per table: rows with a null timestep, which no window holds
         self.samples: dict[str, list[np.ndarray]] = {}
         self.sample_stride = 1
         self.first_step: int | None = None
@@ -680,16 +725,20 @@ class _RunPass:
             self.out.add(Finding("completeness.coverage", "fail", RAW_SNAPSHOTS, None, None,
                                  f"{RAW_SNAPSHOTS}: the run has no raw snapshots; timesteps taken from {source}"))
         bounds = self.streams[source].bounds() or self._scan_bounds(source)
+        if bounds is None:
+            self.out.add(Finding("completeness.coverage", "fail", source, None, None,
+                                 f"{source}: none of the run's rows has a timestep"))
+            return None
         count = self.streams[source].total_rows
         self.first_step = bounds[0]
         self.sample_stride = max(1, -(-count // self.ctx.audit.drift.max_samples))
         return bounds
 
-    def _scan_bounds(self, name: str) -> tuple[int, int]:
-        """First and last timestep by reading the column (a file written without statistics)."""
+    def _scan_bounds(self, name: str) -> tuple[int, int] | None:
+        """First and last timestep by reading the column (a file written without statistics); None if every one is null."""
         steps = delta_tables.run_dataset(self.ctx.path(name), self.ctx.run_id).to_table(columns=["timestep"])
-        low, high = pc.min_max(steps.column("timestep")).values()
-        return int(low.as_py()), int(high.as_py())
+        low, high = (v.as_py() for v in pc.min_max(steps.column("timestep")).values())
+        return None if low is None or high is None else (int(low), int(high))
 
     def _unreadable(self, name: str, lo: int | None, hi: int | None, exc: BaseException) -> None:
         """A table that cannot be decoded: an integrity failure, and no more checks of it."""
@@ -718,6 +767,9 @@ class _RunPass:
             if batch is None:
                 break
             table = pa.Table.from_batches([batch])
+            bad = self._null_rows(QUARANTINE, table, table.column_names)
+            if bad is not None:  # a row that does not say which table, rule or timestep it was: named, not counted
+                table = table.filter(pa.array(~bad))
             grouped = table.group_by(["result_type", "rule", "error_code"]).aggregate([("timestep", "count")])
             for row in grouped.to_pylist():
                 key = (row["result_type"], row["rule"], row["error_code"])
@@ -735,19 +787,24 @@ class _RunPass:
         self.out.checked("completeness.quarantine", sum(counts.values()))
 
     def _quarantined_mask(self, tables: Iterable[str], lo: int, n: int) -> np.ndarray:
-        """Timesteps of the window where one of ``tables`` (or the whole snapshot) lost rows to quarantine."""
+        """Timesteps of the window where one of ``tables`` (or the whole snapshot) lost rows to quarantine,
+        or rows with nulls to the schema check (:meth:`_nulls`): the reconciliations cannot judge them."""
         mask = np.zeros(n, dtype=bool)
         for name in [*tables, "snapshot"]:
-            steps = self.quarantined.get(name)
-            if steps is not None and len(steps):
-                inside = steps[(steps >= lo) & (steps < lo + n)]
-                mask[inside - lo] = True
+            for lost in (self.quarantined, self.nulled):
+                steps = lost.get(name)
+                if steps is not None and len(steps):
+                    inside = steps[(steps >= lo) & (steps < lo + n)]
+                    mask[inside - lo] = True
         return mask
 
     # ---- the window loop
     def run(self) -> None:
         span = self.open()
-        if span is None:
+        if span is None:  # no timestep to window by: what the streams hold is still counted and named
+            self._outside()
+            for stream in self.streams.values():
+                stream.close()
             return
         low, high = span
         windows = [(lo, min(lo + self.ctx.window, high + 1)) for lo in range(low, high + 1, self.ctx.window)]
@@ -783,7 +840,8 @@ class _RunPass:
                 self._unreadable(name, lo, hi - 1, got)
                 continue
             window, before = got
-            if before.num_rows:
+            if before.num_rows:  # rows before raw_snapshots' first timestep: counted, as those after it (_outside)
+                self.rows[name] = self.rows.get(name, 0) + before.num_rows
                 self._extra(name, before.column("timestep").to_numpy())
             tables[name] = _Window(window, lo)
         raw = tables.pop(RAW_SNAPSHOTS, None)
@@ -796,8 +854,9 @@ class _RunPass:
             if table is None:
                 del tables[name]
                 continue
-            window = tables[name]
             self.rows[name] = self.rows.get(name, 0) + table.num_rows
+            table, window = self._nulls(name, table, tables[name], lo)
+            tables[name] = window
             self._schema(rtype, table, window)
             del table  # the strings were for pandera; the checks below use the dictionary codes
             self._unique(name, window, lo, key_columns(rtype))
@@ -811,12 +870,13 @@ class _RunPass:
         self._sample(feats)
 
     def _conform(self, name: str, table: pa.Table) -> pa.Table | None:
-        """The window with exactly today's columns, in order; a table whose columns differ is a schema finding.
+        """The window with exactly today's columns and types, in order; a table whose columns differ is a schema finding.
 
-        Names stay dictionary-encoded where that is all that differs from today's types and no value
-        is null: that cast cannot fail, and it is made only if the window goes to pandera (:meth:`_schema`).
+        Nulls are left for :meth:`_nulls` (the cast is to :func:`_loose`, which takes them). Names
+        stay dictionary-encoded where that is all that differs from today's types: that cast cannot
+        fail, and it is made only if the window goes to pandera (:meth:`_schema`).
         """
-        schema = arrow_schema(name)
+        schema = _loose(name)
         missing = [c for c in schema.names if c not in table.column_names]
         extra = [c for c in table.column_names if c not in schema.names]
         try:
@@ -835,13 +895,57 @@ class _RunPass:
             return None
 
     # ---- schema, uniqueness, completeness
+    def _nulls(self, name: str, table: pa.Table, window: _Window, lo: int) -> tuple[pa.Table, _Window]:
+        """A null in a column the table declares non-nullable: a schema finding, and the row leaves the window.
+
+        Each such column is one finding per range of timesteps (rule ``not_nullable``, with the rows
+        counted), whatever the column's type. Its rows are left out of every other check, as the
+        store would have quarantined them: a row with a null has no key, timestamp or value to
+        vouch for, and as with quarantined rows, coverage and the reconciliations do not report
+        their timesteps again (:meth:`_quarantined_mask`, :meth:`_missing_steps`). pandera is
+        not asked: to pandas a null float is a NaN (the ``finite`` rule would name it a non-finite
+        number) and a null integer or flag changes the column's dtype (the whole table would fail).
+        Tables without nulls (all of them, normally) cost a look at each column's null count.
+        """
+        bad = self._null_rows(name, table, _required(name))
+        if bad is None:
+            return table, window
+        self.out.checked("schema", int(bad.sum()))
+        self.nulled[name] = np.union1d(self.nulled.get(name, np.zeros(0, dtype=np.int64)),
+                                       table.column("timestep").to_numpy()[bad])
+        keep = pa.array(~bad)
+        return table.filter(keep), _Window(window.table.filter(keep), lo)
+
+    def _null_rows(self, name: str, table: pa.Table, columns: Iterable[str]) -> np.ndarray | None:
+        """The rows of ``table`` with a null in one of ``columns`` (None when there is none); each such
+        column is a schema finding at the rows' timesteps (a null timestep is counted in ``unplaced``)."""
+        nulls = {c: table.column(c).null_count for c in columns}
+        if not any(nulls.values()):
+            return None
+        timestep = table.column("timestep")
+        placed = np.asarray(timestep.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+        steps = timestep.fill_null(0).to_numpy()
+        bad = np.zeros(table.num_rows, dtype=bool)
+        for column, count in nulls.items():
+            if not count:
+                continue
+            null = np.asarray(table.column(column).is_null().to_numpy(zero_copy_only=False), dtype=np.bool_)
+            bad |= null
+            if column == "timestep":
+                self.unplaced[name] = self.unplaced.get(name, 0) + count
+                continue
+            issue = self.out.issue("schema", name, f"{column}:{NOT_NULLABLE}", null_template(column))
+            issue.add(np.unique(steps[null & placed]))
+            issue.rows += int((null & placed).sum())
+        return bad
+
     def _schema(self, rtype: ResultType, table: pa.Table, window: _Window) -> None:
         name = rtype.value
         self.out.checked("schema", table.num_rows)
         if self._screened(rtype, table, window):
             return
         try:
-            result = validate_table(rtype, table.cast(arrow_schema(name)), self.ctx.mode)
+            result = validate_table(rtype, table.cast(_loose(name)), self.ctx.mode)
         except ComponentError as exc:  # columns pandera cannot judge row by row
             self.out.add(Finding("schema", "fail", name, None, None, str(exc)))
             self.broken.add(name)
@@ -921,7 +1025,15 @@ class _RunPass:
             return present, stamps
         table = raw.table.sort_by([("timestep", "ascending")])
         steps = table.column("timestep").to_numpy()
-        ts = table.column("timestamp").cast(pa.int64()).to_numpy()
+        stamp = table.column("timestamp")
+        if stamp.null_count:
+            # The snapshot is there (its timestep counts for gaps and coverage); its time is unknown,
+            # so it is left out of every comparison of timestamps.
+            null = np.asarray(stamp.is_null().to_numpy(zero_copy_only=False), dtype=np.bool_)
+            issue = self.out.issue("schema", RAW_SNAPSHOTS, f"timestamp:{NOT_NULLABLE}", null_template("timestamp"))
+            issue.add(np.unique(steps[null]))
+            issue.rows += stamp.null_count
+        ts = stamp.cast(pa.int64()).fill_null(_NO_TIME).to_numpy()
         self.rows[RAW_SNAPSHOTS] = self.rows.get(RAW_SNAPSHOTS, 0) + len(steps)
         for check in ("completeness.gaps", "completeness.order", "uniqueness"):
             self.out.checked(check, len(steps))
@@ -935,7 +1047,9 @@ class _RunPass:
         self.carry.raw_step, self.carry.raw_ts = int(steps[-1]), int(ts[-1])
         steps, ts = all_steps[1:], all_ts[1:]
         prev_step, prev_ts = all_steps[:-1], all_ts[:-1]
-        jump, dt = steps - prev_step, ts - prev_ts
+        timed = (ts != _NO_TIME) & (prev_ts != _NO_TIME)
+        with np.errstate(over="ignore"):  # a difference with _NO_TIME wraps; it is never looked at
+            jump, dt = steps - prev_step, ts - prev_ts
         dup = jump == 0
         if dup.any():
             self.out.issue("uniqueness", RAW_SNAPSHOTS, "key", "{copies} rows share the key (run_id, timestep) at {steps}") \
@@ -951,14 +1065,14 @@ class _RunPass:
                     .add(missing[explained])
                 self.out.issue("completeness.gaps", RAW_SNAPSHOTS, "missing", "missing at {steps}") \
                     .add(missing[~explained])
-        back = dt < 0
+        back = timed & (dt < 0)
         if back.any():
             self.out.issue("completeness.order", RAW_SNAPSHOTS, "backwards",
                            "timestamp {at} is before the previous timestep's {before} at {steps}") \
                 .add(steps[back], at=_iso(ts[back]), before=_iso(prev_ts[back]))
         freq = self.ctx.freq_us
         if freq and self.ctx.audit.check_timestamp_spacing:
-            odd = (jump >= 1) & (dt >= 0) & (dt != jump * freq)
+            odd = timed & (jump >= 1) & (dt >= 0) & (dt != jump * freq)
             if odd.any():
                 self.out.issue("completeness.gaps", RAW_SNAPSHOTS, "spacing",
                                "timestamps {apart} apart at {steps} (the run's frequency: {freq})") \
@@ -990,7 +1104,7 @@ class _RunPass:
         else:
             np.minimum.at(low_ts, idx, ts)
             np.maximum.at(high_ts, idx, ts)
-        differs = present & raw_present & ((low_ts != raw_ts) | (high_ts != raw_ts))
+        differs = present & raw_present & (raw_ts != _NO_TIME) & ((low_ts != raw_ts) | (high_ts != raw_ts))
         if differs.any():
             at = np.flatnonzero(differs)
             stored = np.where(low_ts[at] != raw_ts[at], low_ts[at], high_ts[at])
@@ -1022,6 +1136,7 @@ class _RunPass:
         if not missing.any():
             return
         at = np.flatnonzero(missing) + lo
+        at = at[~np.isin(at, self.nulled.get(name, np.zeros(0, dtype=np.int64)))]  # named by the schema check
         explained = np.isin(at, self.quarantined.get(name, np.zeros(0, dtype=np.int64)))
         self.out.issue("completeness.coverage", name, "quarantined", "no rows at {steps}: they were quarantined",
                        status="warn").add(at[explained])
@@ -1047,6 +1162,14 @@ class _RunPass:
             if rest.num_rows:
                 self.rows[name] = self.rows.get(name, 0) + rest.num_rows
                 self._extra(name, rest.column("timestep").to_numpy())
+            if stream.unplaced:  # rows with a null timestep: counted, and named below, though no window holds them
+                self.rows[name] = self.rows.get(name, 0) + stream.unplaced
+                self.out.checked("schema", stream.unplaced)
+                self.unplaced[name] = self.unplaced.get(name, 0) + stream.unplaced
+        for name, count in self.unplaced.items():
+            self.out.add(Finding("schema", "fail", name, None, None,
+                                 f"{name}: " + null_template("timestep", f"in {count:,} rows, which no timestep places"),
+                                 {"column": "timestep", "rule": NOT_NULLABLE, "rows": count}))
 
     # ---- reconciliation
     @staticmethod
