@@ -173,7 +173,9 @@ def _liquidation_flag_by_timestep(df: TableColumns) -> Any:
         if (at[1:] == at[:-1]).any():
             raise ValueError(f"{group}.{metric} appears twice in a timestep: only pandas' alignment pairs that")
         figures.append((at, figure))
-    common = np.intersect1d(np.intersect1d(figures[0][0], figures[1][0]), figures[2][0])
+    # Each figure's timesteps are unique (a repeat raised above), and so is an intersection of unique arrays.
+    common = np.intersect1d(np.intersect1d(figures[0][0], figures[1][0], assume_unique=True), figures[2][0],
+                            assume_unique=True)
     at_risk, ltv, threshold = (figure[np.searchsorted(at, common)] for at, figure in figures)
     ok = _liquidation_flag_consistent(at_risk > 0.5, ltv, threshold)
     return ~np.isin(steps, common[~ok])
