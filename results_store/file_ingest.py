@@ -35,6 +35,7 @@ from results_store.store import ResultsStore
 from schemas.errors import ComponentError
 
 _MAX_TEXT = 10_000  # of a bad line's raw text kept for its quarantine row, as read_jsonl keeps
+_READ_BUFFER = 1 << 20  # the file is read 1 MiB at a time (lines of a W1 snapshot are ~2 KB)
 
 __all__ = ["LineAccounting", "check_file_strict", "feed_file"]
 
@@ -86,14 +87,15 @@ def _snapshots_with_their_bad_lines(path: Path, tally: LineAccounting) -> Iterat
     """
     pending: list[BadLine] = []
     held: _Held | None = None
-    last_step, last_ts = -1, None
-    with path.open("rb") as handle:
+    last_step, last_ns, last_ts = -1, None, None
+    parse = parse_line
+    with path.open("rb", buffering=_READ_BUFFER) as handle:
         for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
+            if raw.isspace():
                 continue  # blank lines are not lines of data (read_jsonl skips them too)
             tally.read += 1
             try:
-                timestamp, results = parse_line(raw, path, line_no)
+                timestamp, results = parse(raw, path, line_no)
             except ComponentError as exc:
                 bad = BadLine(line_no, _text(raw), exc)
                 tally.bad.append(bad)
@@ -101,8 +103,9 @@ def _snapshots_with_their_bad_lines(path: Path, tally: LineAccounting) -> Iterat
                 continue
             given = results.get("timestep")
             step = last_step + 1 if given is None else int(given)
+            ns = timestamp.value  # parse_line's timestamps are UTC within 1677-2262: nanoseconds fit int64
             # The store's order rule (store_timestep_results): a line breaking it is refused, not fed.
-            if step <= last_step or (last_ts is not None and timestamp < last_ts):
+            if step <= last_step or (last_ns is not None and ns < last_ns):
                 why = (f"timestep {step} after {last_step}: timesteps must increase" if step <= last_step
                        else f"timestamp {timestamp.isoformat()} is before the previous line's {last_ts}")
                 tally.refused += 1
@@ -110,7 +113,7 @@ def _snapshots_with_their_bad_lines(path: Path, tally: LineAccounting) -> Iterat
                     "RST-103", f"{path}:{line_no}: {why}; refused, not stored",
                     details={"file": str(path), "line": line_no})))
                 continue
-            last_step, last_ts = step, timestamp
+            last_step, last_ns, last_ts = step, ns, timestamp
             if held is not None:
                 yield held
             held, pending = (step, timestamp, results, pending), []
@@ -133,11 +136,13 @@ async def feed_file(store: ResultsStore, path: Path | str, *, strict: bool = Fal
     if strict:
         await asyncio.to_thread(check_file_strict, path)
     tally = LineAccounting()
+    put = store.store_timestep_results
     for step, timestamp, results, lines in _snapshots_with_their_bad_lines(path, tally):
-        # Before the snapshot: the worker may prepare its batch as soon as it is queued.
-        store.quarantine_lines(step, timestamp, lines)
-        tally.quarantined += len(lines)
-        await store.store_timestep_results(timestamp, results)
+        if lines:
+            # Before the snapshot: the worker may prepare its batch as soon as it is queued.
+            store.quarantine_lines(step, timestamp, lines)
+            tally.quarantined += len(lines)
+        await put(timestamp, results)
         tally.written += 1
         if progress is not None and tally.written % every == 0:
             await asyncio.sleep(0)  # let the worker run so the progress bar tracks commits

@@ -34,12 +34,18 @@ What a rerun guarantees (nothing lost, nothing mixed, nothing damaged spread):
   (terminal) naming the run and the timesteps; nothing is written. Refused rather than quarantined,
   because a rerun that dropped a damaged timestep would still present itself as the whole run;
   ``results-store checksum verify`` lists the damage, and a backup restores it.
+
+Reading takes the same memory whatever the run's length: the raw snapshots (~1 GB of payloads for
+a one-year 1-minute run) are read twice, a thousand at a time, from one table version: once to check
+every sha256, then to re-derive them. (In place, each table's overwrite is delta-rs writing its
+spooled rows, which holds far more: ~0.4-0.5 GB for a table of a one-year run.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -47,8 +53,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -58,7 +65,9 @@ import pyarrow.parquet as pq
 
 from results_store import delta_tables
 from results_store.batch_writer import BatchWriter
+from results_store.error_map import storage_errors
 from results_store.markdown import markdown_table
+from results_store.row_groups import file_index
 from results_store.run_lock import RunLock
 from results_store.runs import append_run_record, latest_run, run_lock_path
 from results_store.store import ResultsStore
@@ -86,13 +95,20 @@ OVERRIDABLE = (
     "result_types", "balance_sheet_assets", "pnl_attribution_types", "delta_tracking_assets",
     "funding_tracking_venues", "dust_tracking_tokens", "leverage_tracking",
 )
-RERUN_CHUNK = 5_000
+RERUN_CHUNK = 5_000  # timesteps prepared at a time in place (a ResultsStore chunks a new run itself)
+# Raw snapshots decoded at a time: reading a row group in batches of 5,000 payloads peaked ~60 MB
+# higher than in batches of 1,000, for the same CPU (a one-year run, 2 KB payloads).
+READ_ROWS = 1_000
+# Timesteps of a window when the layout is not the store's (see _chunks): each window reads every row
+# group overlapping it, so larger windows read less twice, and hold more.
+WINDOW_ROWS = 16_384
 # After midnight UTC a live day may still get its last snapshots from a collection that runs late
 # or is retried; a quarter of an hour covers the every-minute schedule with a wide margin.
 LIVE_DAY_GRACE = timedelta(minutes=15)
 # The quarantine rows of snapshots that broke the contract: their timesteps are not in raw_snapshots.
 CONTRACT_REJECTION = "snapshot"
 _SHOWN = 10  # damaged timesteps named in a message (details carry up to 100)
+_SPOOL_BATCH = 32_768  # rows of a re-derived table handed to its overwrite at a time (a row group's worth)
 
 
 def check_result_types(result_types: Sequence[str | ResultType] | None) -> None:
@@ -134,45 +150,99 @@ def apply_overrides(config: ModeConfig, overrides: dict[str, Any] | None) -> Mod
 
 
 @dataclass(frozen=True)
+class _Group:
+    """One row group of the run's raw_snapshots files: its rows and timesteps as read (not as the statistics say)."""
+
+    path: str
+    metadata: pq.FileMetaData
+    index: int
+    rows: int
+    first: int
+    last: int
+    ordered: bool  # its timesteps strictly increase
+
+
+@dataclass(frozen=True)
 class RawSnapshots:
-    """One run's accepted snapshots from one version of ``raw_snapshots``, in timestep order, checked."""
+    """One run's accepted snapshots in one version of ``raw_snapshots``, checked, read chunk by chunk.
+
+    Nothing is held but the row groups' footers: iterating reads the pinned version's files again,
+    ``READ_ROWS`` rows at a time (the payloads of a one-year run are ~1 GB). Each payload is checked
+    against its sha256 again as it is read (the files are immutable, but a disk may fail meanwhile).
+    """
 
     run_id: str
-    table: pa.Table  # timestep, timestamp, payload; sorted by timestep
+    path: Path
+    version: int
+    groups: tuple[_Group, ...]  # by first timestep
+    count: int
+    first_timestep: int
+    last_timestep: int
+    last_timestamp: pd.Timestamp
 
     def __len__(self) -> int:
-        return int(self.table.num_rows)
+        return self.count
 
     @property
-    def first_timestep(self) -> int:
-        return int(self.table["timestep"][0].as_py())
-
-    @property
-    def last_timestep(self) -> int:
-        return int(self.table["timestep"][-1].as_py())
-
-    @property
-    def last_timestamp(self) -> pd.Timestamp:
-        return pd.Timestamp(self.table["timestamp"][-1].as_py())
+    def ordered(self) -> bool:
+        """Row group after row group gives strictly increasing timesteps: the layout the store writes."""
+        groups = self.groups
+        return all(g.ordered for g in groups) and all(b.first > a.last for a, b in itertools.pairwise(groups))
 
     def __iter__(self) -> Iterator[tuple[int, pd.Timestamp, dict[str, Any]]]:
-        """``(timestep, timestamp, results)`` per snapshot, decoded a batch at a time."""
-        for batch in self.table.to_batches(max_chunksize=RERUN_CHUNK):
+        """``(timestep, timestamp, results)`` per snapshot in timestep order, decoded a chunk at a time."""
+        loads, sha = orjson.loads, hashlib.sha256
+        for batch in _chunks(self, _COLUMNS):
             steps = batch.column("timestep").to_pylist()
-            stamps = batch.column("timestamp").to_pylist()
-            for step, stamp, payload in zip(steps, stamps, batch.column("payload").to_pylist(), strict=True):
-                yield step, pd.Timestamp(stamp), orjson.loads(payload)
+            stamps = batch.column("timestamp").to_pandas()  # tz-aware UTC pd.Timestamps
+            payloads = batch.column("payload").to_pylist()
+            digests = batch.column("payload_sha256").to_pylist()
+            for step, stamp, payload, digest in zip(steps, stamps, payloads, digests, strict=True):
+                if sha(payload).hexdigest() != digest:
+                    _refuse_damaged(self.run_id, [step])
+                yield step, stamp, loads(payload)
+
+
+_COLUMNS = ("timestep", "timestamp", "payload", "payload_sha256")
 
 
 def read_raw_snapshots(root: Path, execution_mode: str, run_id: str) -> RawSnapshots:
-    """The run's raw snapshots, each payload checked against its sha256 first (RST-005 on a mismatch)."""
+    """The run's raw snapshots in the table's current version, every payload checked against its sha256
+    first (RST-005 naming the damaged timesteps, before anything is re-derived); nothing is kept but
+    where each row group is and which timesteps it holds: iterating reads them again, chunk by chunk."""
     path = delta_tables.table_path(root, execution_mode, RAW_SNAPSHOTS)
-    table = delta_tables.read(path, run_id=run_id, columns=["timestep", "timestamp", "payload", "payload_sha256"])
-    table = table.sort_by("timestep")
-    _refuse_damaged(run_id, table)
-    if table.num_rows == 0:
+    listed = delta_tables.table_files(path)
+    groups: list[_Group] = []
+    damaged: list[int] = []
+    last_us = 0
+    sha = hashlib.sha256
+    for _, files in listed.runs([run_id]):
+        for file in files:
+            with _reading(path):
+                metadata = file_index(file).metadata
+            for i in range(metadata.num_row_groups):
+                first, last, rows, ordered = -1, -1, 0, True
+                for batch in _group_batches(path, file.path, metadata, i, _COLUMNS):
+                    steps = batch.column("timestep").to_numpy()
+                    if steps.size == 0:
+                        continue
+                    ordered = ordered and bool(steps[0] > last) and bool(np.all(steps[1:] > steps[:-1]))
+                    first = int(steps.min()) if rows == 0 else min(first, int(steps.min()))
+                    last, rows = max(last, int(steps.max())), rows + int(steps.size)
+                    last_us = max(last_us, int(pc.max(batch.column("timestamp").cast(pa.int64())).as_py()))
+                    payloads = batch.column("payload").to_pylist()
+                    digests = batch.column("payload_sha256").to_pylist()
+                    damaged.extend(int(steps[j]) for j, (payload, digest) in enumerate(zip(payloads, digests, strict=True))
+                                   if sha(payload).hexdigest() != digest)
+                if rows:
+                    groups.append(_Group(file.path, metadata, i, rows, first, last, ordered))
+    if damaged:
+        _refuse_damaged(run_id, sorted(damaged))
+    if not groups:
         raise ComponentError("RST-302", f"run {run_id!r} has no raw snapshots to re-derive from")
-    return RawSnapshots(run_id, table.drop_columns(["payload_sha256"]))
+    groups.sort(key=lambda g: (g.first, g.last))
+    return RawSnapshots(run_id, path, listed.version, tuple(groups), sum(g.rows for g in groups), groups[0].first,
+                        max(g.last for g in groups), pd.Timestamp(last_us * 1000, tz="UTC"))
 
 
 def iter_raw_snapshots(root: Path, execution_mode: str, run_id: str) -> Iterator[tuple[int, pd.Timestamp, dict[str, Any]]]:
@@ -180,17 +250,64 @@ def iter_raw_snapshots(root: Path, execution_mode: str, run_id: str) -> Iterator
     return iter(read_raw_snapshots(root, execution_mode, run_id))
 
 
-def _refuse_damaged(run_id: str, table: pa.Table) -> None:
-    """RST-005 naming every timestep whose payload no longer hashes to the sha256 stored with it."""
-    damaged: list[int] = []
-    for batch in table.to_batches(max_chunksize=RERUN_CHUNK):
-        columns = (batch.column(n).to_pylist() for n in ("timestep", "payload", "payload_sha256"))
-        for step, payload, digest in zip(*columns, strict=True):
-            # The store hashed the payload's UTF-8 bytes as written; the checksum flow does the same.
-            if hashlib.sha256(payload.encode()).hexdigest() != digest:
-                damaged.append(step)
-    if not damaged:
+def _reading(path: Path) -> Any:
+    """Failures reading the table's files, mapped as ``delta_tables.read``'s are (a damaged page is RST-005)."""
+    return storage_errors("read", path)
+
+
+def _group_batches(path: Path, file: str, metadata: pq.FileMetaData, index: int,
+                   columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """One row group's rows, ``READ_ROWS`` at a time, page checksums verified where the file has them;
+    the payloads as bytes (the same buffers as the strings: hashed and parsed without decoding).
+    Decoded on this thread: Arrow's pool threads held ~40 MB more of a year's payloads, for no gain
+    on a machine whose other core writes the tables."""
+    with _reading(path):
+        reader = pq.ParquetFile(file, metadata=metadata, page_checksum_verification=True)
+        for batch in reader.iter_batches(batch_size=READ_ROWS, row_groups=[index], columns=list(columns),
+                                         use_threads=False):
+            position = batch.schema.get_field_index("payload")
+            yield batch if position < 0 else batch.set_column(position, "payload",
+                                                              batch.column(position).cast(pa.binary()))
+
+
+def _chunks(raw: RawSnapshots, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """The run's rows in timestep order, at most ``READ_ROWS`` at a time.
+
+    The store's layout (files in timestep order, sorted inside) streams row group after row group.
+    Any other (files merged by a Delta optimize interleave their rows) is read in windows of
+    timesteps, each reading the row groups that overlap it, kept to the window and sorted.
+    """
+    if raw.ordered:
+        for group in raw.groups:
+            yield from _group_batches(raw.path, group.path, group.metadata, group.index, columns)
         return
+    for lo, hi in _windows(raw.groups):
+        parts = [batch.filter(pc.and_(pc.greater_equal(batch.column("timestep"), lo),
+                                      pc.less(batch.column("timestep"), hi)))
+                 for group in raw.groups if group.last >= lo and group.first < hi
+                 for batch in _group_batches(raw.path, group.path, group.metadata, group.index, columns)]
+        if parts:
+            window = pa.Table.from_batches(parts).sort_by("timestep").combine_chunks()
+            yield from window.to_batches(max_chunksize=READ_ROWS)
+
+
+def _windows(groups: Sequence[_Group]) -> Iterator[tuple[int, int]]:
+    """``[lo, hi)`` timestep ranges cut where row groups start, each of at least ``WINDOW_ROWS`` rows (but the last)."""
+    if not groups:
+        return
+    start, end = groups[0].first, max(g.last for g in groups) + 1
+    rows = 0
+    for i, group in enumerate(groups):
+        rows += group.rows
+        following = groups[i + 1].first if i + 1 < len(groups) else None
+        if following is not None and rows >= WINDOW_ROWS and start < following:
+            yield start, following
+            start, rows = following, 0
+    yield start, end
+
+
+def _refuse_damaged(run_id: str, damaged: list[int]) -> NoReturn:
+    """RST-005 naming every timestep whose payload no longer hashes to the sha256 stored with it."""
     shown = ", ".join(map(str, damaged[:_SHOWN])) + (f" and {len(damaged) - _SHOWN} more" if len(damaged) > _SHOWN else "")
     raise ComponentError(
         "RST-005",
@@ -446,7 +563,10 @@ def _rederive_in_place(config: ModeConfig, settings: StoreSettings, execution_mo
         after: dict[str, int] = {}
         for name in names:
             schema = QUARANTINE_SCHEMA if name == QUARANTINE else arrow_schema(name)
-            reader = pads.dataset(spool / name, format="parquet", schema=schema).scanner().to_reader()
+            # A batch of a row group's size at a time, one ahead: the scanner's defaults (16 batches of
+            # 131k rows ahead) held ~0.5 GB of a year's balance sheet while delta-rs wrote it.
+            reader = pads.dataset(spool / name, format="parquet", schema=schema).scanner(
+                batch_size=_SPOOL_BATCH, batch_readahead=1, fragment_readahead=1).to_reader()
             after[name] = delta_tables.overwrite_run(paths[name], reader, run_id=run_id,
                                                      last_timestep=last_step, metadata={**meta, "table": name})
     emptied: list[str] = []
