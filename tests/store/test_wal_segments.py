@@ -3,6 +3,7 @@
 An acknowledgement is one write and one fsync into a segment that is already open: the store
 opens the next segment when it starts and, before a commit, when the open one is full. Deleting a
 segment per batch made every acknowledgement after a commit create a file and fsync the directory.
+And the write overwrites zeros written ahead of it, so the fsync has no new size or block to journal.
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ import asyncio
 import time
 from pathlib import Path
 
+import orjson
+import pytest
+
+import results_store.wal as wal_module
 from results_store.live import wal_directory
 from results_store.store import ResultsStore
-from results_store.wal import WriteAheadLog
+from results_store.wal import ZEROS_AHEAD, WriteAheadLog
 from schemas.modes import ModeConfig
 from tests.store.conftest import snapshots
 
@@ -89,3 +94,44 @@ async def test_a_live_run_acknowledges_into_one_open_segment_across_its_commits(
                 await asyncio.sleep(0.01)
             assert _names(wal) == opened, "a commit neither deletes the open segment nor makes the next ack open one"
     assert _names(wal) == [], "stopped with everything committed: the WAL is empty"
+
+
+def test_appends_overwrite_the_zeros_written_ahead_and_a_restart_reads_up_to_them(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.roll()
+    [segment] = wal.segments()
+    written = segment.stat().st_size
+    assert written >= ZEROS_AHEAD and segment.read_bytes() == bytes(written)
+    _fill(wal, range(3))
+    assert segment.stat().st_size == written, "an append does not grow the file"
+    assert [e.timestep for e in WriteAheadLog(tmp_path).entries(-1)] == [0, 1, 2]
+
+
+def test_a_torn_line_before_the_zeros_was_never_acknowledged(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.roll()
+    _fill(wal, range(2))
+    [segment] = wal.segments()
+    end = segment.read_bytes().index(0)
+    line = orjson.dumps({"t": 2, "ts": 1, "r": {"timestep": 2}}) + b"\n"
+    with segment.open("r+b") as handle:  # a crash part-way through the third append
+        handle.seek(end)
+        handle.write(line[:10])
+    assert [e.timestep for e in WriteAheadLog(tmp_path).entries(-1)] == [0, 1]
+
+
+def test_rolling_tops_the_zeros_up_once_the_appends_have_used_most_of_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wal_module, "ZEROS_AHEAD", 200)
+    wal = WriteAheadLog(tmp_path)
+    wal.roll()
+    [segment] = wal.segments()
+    assert segment.stat().st_size == 200
+    _fill(wal, range(2))  # ~100 bytes: half the zeros are left
+    assert not wal.roll() and segment.stat().st_size == 200
+    _fill(wal, range(2, 4))  # ~200 bytes: none left
+    assert not wal.roll()
+    data = segment.read_bytes()
+    assert len(data) > 200 and data.index(0) == len(data) - 200, "200 bytes of zeros ahead again"
+    _fill(wal, range(4, 6))
+    assert [e.timestep for e in WriteAheadLog(tmp_path).entries(-1)] == list(range(6))
