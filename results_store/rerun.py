@@ -70,7 +70,7 @@ from results_store.markdown import markdown_table
 from results_store.row_groups import file_index
 from results_store.run_lock import RunLock
 from results_store.runs import append_run_record, latest_run, run_lock_path
-from results_store.store import ResultsStore
+from results_store.store import CHUNK_TIMESTEPS, ResultsStore
 from results_store.summary import RunSummary
 from schemas.errors import ComponentError
 from schemas.modes import ModeConfig, config_hash
@@ -440,6 +440,11 @@ async def _rerun_as_new_run(data_dir: Path, execution_mode: str, run_id: str, ne
     # The store holds the new run's lock for the whole replay but would wait up to its timeout for
     # another writer first; refuse at once instead, as in place.
     await asyncio.to_thread(_check_not_written, root, execution_mode, new_run_id)
+    if not live:
+        # Stored snapshots wait to be read: a queue of one chunk keeps the worker busy, where the
+        # default (10,000) filled up while each 100,000-timestep batch committed: ~40 MB more for a year.
+        # (Live keeps its own: a full live queue spills to the WAL.)
+        settings = settings.model_copy(update={"queue_size": min(settings.queue_size, CHUNK_TIMESTEPS)})
     store = ResultsStore(config, execution_mode, data_dir=settings.data_dir, run_id=new_run_id,
                          settings=settings, parent_run_id=run_id, commit_metadata={"rerun_of": run_id},
                          # Its identity: the same new run id from another source would mix two runs.

@@ -16,6 +16,7 @@ from results_store.drive import run_snapshots
 from results_store.reading import read_table
 from results_store.rerun import read_raw_snapshots, rederive_run
 from results_store.runs import latest_run
+from results_store.store import CHUNK_TIMESTEPS, ResultsStore
 from schemas.errors import ComponentError
 from schemas.modes import load_mode
 from schemas.settings import load_settings
@@ -109,3 +110,20 @@ def test_reading_a_runs_raw_snapshots_holds_a_row_group_of_payloads_at_most_not_
             peak = max(peak, pool.bytes_allocated() - base)
     assert held_after_check < payload_bytes / 10
     assert peak < payload_bytes / 3, (peak, payload_bytes)
+
+
+@pytest.mark.parametrize(("configured", "queued"), [("20000", CHUNK_TIMESTEPS), ("100", 100)])
+def test_a_backtest_rerun_into_a_new_run_queues_at_most_one_chunk_of_stored_snapshots(tmp_path, monkeypatch,
+                                                                                       configured, queued):
+    _backtest(tmp_path, "Q", 30)
+    seen: list[int] = []
+    original = ResultsStore.__init__
+
+    def spy(self: ResultsStore, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        seen.append(self.settings.queue_size)
+
+    monkeypatch.setattr(ResultsStore, "__init__", spy)
+    monkeypatch.setenv("RESULTS_STORE_QUEUE_SIZE", configured)
+    summary = rederive_run(data_dir=tmp_path, execution_mode="backtest", run_id="Q", new_run_id="Q-copy")
+    assert seen == [queued] and summary.timesteps_written == 30
