@@ -31,11 +31,16 @@ import pandas as pd
 
 from results_store.drive import stored_timesteps
 from results_store.simulator.jsonl import BadLine, check_jsonl, parse_line
-from results_store.store import ResultsStore
+from results_store.store import CHUNK_TIMESTEPS, ResultsStore
 from schemas.errors import ComponentError
 
 _MAX_TEXT = 10_000  # of a bad line's raw text kept for its quarantine row, as read_jsonl keeps
 _READ_BUFFER = 1 << 20  # the file is read 1 MiB at a time (lines of a W1 snapshot are ~2 KB)
+# Snapshots parsed ahead of the store's worker, at most. A file waits to be read, so one chunk queued
+# keeps the worker busy; the store's queue (10,000 by default) filled up while each 100,000-timestep
+# batch committed, ~45 MB more at a one-year file's peak (bench/bench_ingest.py), for the same pace.
+LEAD = CHUNK_TIMESTEPS
+_ROOM_POLL_S = 0.002  # while the worker commits a batch (seconds), the reader looks for room this often
 
 __all__ = ["LineAccounting", "check_file_strict", "feed_file"]
 
@@ -126,22 +131,34 @@ def _snapshots_with_their_bad_lines(path: Path, tally: LineAccounting) -> Iterat
                              details={"file": str(path), "bad_lines": [b.line for b in pending]})
 
 
+async def _room(store: ResultsStore, lead: int) -> None:
+    """Wait until the store's queue holds fewer than ``lead`` snapshots, or its worker has ended (then the
+    next ``store_timestep_results`` raises why)."""
+    # Polled: the store's queue signals no "a chunk was taken" that could be awaited instead.
+    while store.get_queue_size() >= lead and store.is_worker_running():  # noqa: ASYNC110
+        await asyncio.sleep(_ROOM_POLL_S)
+
+
 async def feed_file(store: ResultsStore, path: Path | str, *, strict: bool = False,
                     progress: Callable[[int], None] | None = None, every: int = 1_000) -> LineAccounting:
     """Feed a snapshot file through an open backtest store; every line is accounted for (module doc).
 
     ``progress`` is given the store's stored timesteps every ``every`` snapshots, as ``drive.feed``.
+    At most ``LEAD`` snapshots (one chunk) wait in the store's queue: the file is read as the store goes.
     """
     path = Path(path)
     if strict:
         await asyncio.to_thread(check_file_strict, path)
     tally = LineAccounting()
-    put = store.store_timestep_results
+    put, queued = store.store_timestep_results, store.get_queue_size
+    lead = min(store.settings.queue_size, LEAD)
     for step, timestamp, results, lines in _snapshots_with_their_bad_lines(path, tally):
         if lines:
             # Before the snapshot: the worker may prepare its batch as soon as it is queued.
             store.quarantine_lines(step, timestamp, lines)
             tally.quarantined += len(lines)
+        if queued() >= lead:
+            await _room(store, lead)
         await put(timestamp, results)
         tally.written += 1
         if progress is not None and tally.written % every == 0:
