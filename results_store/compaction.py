@@ -47,8 +47,8 @@ _R = TypeVar("_R")
 # collections is then 45 merges of 32 files (each row rewritten once), and a reader of the day opens
 # at most ~45 + 31 files before the day's compaction.
 LIVE_MERGE_FILES = 32
-# delta-rs's default checkpoint interval: a checkpoint at every version v with (v + 1) % 100 == 0.
-CHECKPOINT_INTERVAL = 100
+# The tables' checkpoint interval: a checkpoint at every version v with (v + 1) % CHECKPOINT_INTERVAL == 0.
+CHECKPOINT_INTERVAL = delta_tables.CHECKPOINT_INTERVAL
 # Tables compacted side by side. Every table of a run reaches the merge threshold at the same commit
 # (each batch commits to all of them), and one after the other the ten merges held that commit's
 # successor for ~0.7 s (bench/bench_live.py); pyarrow and delta-rs work outside the GIL.

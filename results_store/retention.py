@@ -80,7 +80,7 @@ COMPACTION_GRACE_HOURS = 1.0
 # A table's manifest is rolled up into one entry once it has this many (a live table gains 1,440 a day).
 ROLLUP_ENTRIES = 64
 # A checkpoint is written at retention when this many commits came since the last one (delta-rs
-# writes one every 100 commits on its own).
+# writes one every delta_tables.CHECKPOINT_INTERVAL commits on its own, in tables made since then).
 CHECKPOINT_AFTER_COMMITS = 10
 
 

@@ -1,4 +1,4 @@
-"""A live run's tables keep a checkpoint every 100 versions, whoever wrote the commits.
+"""A live run's tables keep a checkpoint every CHECKPOINT_INTERVAL (10) versions, whoever wrote the commits.
 
 delta-rs checkpoints after its own commits; a commit whose log entry the store writes itself does
 not, so the live policy (``LiveCompaction``) checkpoints after such a commit, off its latency.
@@ -41,8 +41,11 @@ def test_a_live_table_has_a_checkpoint_every_interval_and_only_one(
         assert version is not None
         policy.after_commit({"values": version}, None)
 
-    assert _checkpoints(path) == [f"{CHECKPOINT_INTERVAL - 1:020d}.checkpoint.parquet"]
-    assert policy.checkpoints == ([] if commits_checkpoint else [("values", CHECKPOINT_INTERVAL - 1)])
+    # Versions 0 (the table's creation) to STEPS: a boundary every CHECKPOINT_INTERVAL versions.
+    boundaries = list(range(CHECKPOINT_INTERVAL - 1, STEPS + 1, CHECKPOINT_INTERVAL))
+    assert len(boundaries) == 3
+    assert _checkpoints(path) == [f"{v:020d}.checkpoint.parquet" for v in boundaries]
+    assert policy.checkpoints == ([] if commits_checkpoint else [("values", v) for v in boundaries])
     assert delta_tables.committed_txn_version(path, "r1") == STEPS - 1
     assert checksums.verify(tmp_path, ["live"], all_versions=True, in_flight_seconds=0).ok
 
@@ -52,12 +55,26 @@ def test_the_commit_that_rolls_the_day_over_is_checkpointed_too(tmp_path: Path, 
     path = tmp_path / "live" / "values"
     policy = LiveCompaction({"values": path}, "r1", merge_files=STEPS + 1)
     midnight_us = 1_700_006_400 * 1_000_000  # 2023-11-15 00:00 UTC
-    for step in range(CHECKPOINT_INTERVAL - 1):  # versions 1..99: the table's creation is version 0
+    for step in range(CHECKPOINT_INTERVAL - 1):  # versions 1..9: the table's creation is version 0
         version = delta_tables.append_exactly_once(path, _rows(step), run_id="r1", last_timestep=step)
         assert version is not None
-        # The commit of version 99, the checkpoint boundary, is the first of the next UTC day.
+        # The commit of version 9, the checkpoint boundary, is the first of the next UTC day.
         policy.after_commit({"values": version}, midnight_us + (step - (CHECKPOINT_INTERVAL - 2)) * 60_000_000)
 
     assert policy.day == date(2023, 11, 15)  # the roll-over was seen (the rows have no timestamps to compact)
     assert [name for name, _ in policy.checkpoints] == ["values"] and _checkpoints(path)
+    assert checksums.verify(tmp_path, ["live"], all_versions=True, in_flight_seconds=0).ok
+
+
+def test_a_table_the_store_makes_checkpoints_every_ten_versions(tmp_path: Path) -> None:
+    """delta-rs replays each log entry since the last checkpoint on every commit: a short interval
+    keeps a live commit's cost flat instead of growing for 100 versions."""
+    path = tmp_path / "live" / "values"
+    for step in range(25):  # versions 0..25: creation, then 25 appends
+        delta_tables.append_exactly_once(path, _rows(step), run_id="r1", last_timestep=step)
+
+    table = delta_tables.open_table(path)
+    assert table is not None
+    assert table.metadata().configuration["delta.checkpointInterval"] == "10"
+    assert _checkpoints(path) == [f"{v:020d}.checkpoint.parquet" for v in (9, 19)]
     assert checksums.verify(tmp_path, ["live"], all_versions=True, in_flight_seconds=0).ok
