@@ -229,8 +229,12 @@ class BatchWriter:
         }).cast(QUARANTINE_SCHEMA)
 
     # -- prepare (worker thread) --------------------------------------------------------------
-    def prepare(self, entries: Sequence[Queued]) -> PreparedBatch:
-        """Flatten, validate and serialise one chunk; invalid rows become quarantine rows."""
+    def prepare(self, entries: Sequence[Queued], *, raw_snapshots: bool = True) -> PreparedBatch:
+        """Flatten, validate and serialise one chunk; invalid rows become quarantine rows.
+
+        ``raw_snapshots=False``: the chunk's ``raw_snapshots`` table is left empty (its payloads are not
+        built nor hashed), for a caller that does not write it (an in-place rerun re-derives from it).
+        """
         started = time.perf_counter()
         items = [SnapshotItem(e[0], e[2], e[3]) for e in entries]
         # The raw payloads first: a snapshot with no lossless JSON form is quarantined whole (RST-101)
@@ -239,7 +243,8 @@ class BatchWriter:
         # The raw table at once, and the payloads' bytes dropped before flattening: they are a chunk's
         # largest part, and holding them through flatten and validation raised the chunk's peak.
         encoded = [(e, p) for e, p in zip(entries, payloads, strict=True) if p is not None]
-        raw_table = self._raw_table([e for e, _ in encoded], [p for _, p in encoded])
+        raw_table = (self._raw_table([e for e, _ in encoded], [p for _, p in encoded]) if raw_snapshots
+                     else RAW_SNAPSHOTS_SCHEMA.empty_table())
         to_flatten = [i for i, p in zip(items, payloads, strict=True) if p is not None] if unencodable else items
         del payloads, encoded
         flat = flatten_batch(to_flatten, self.mode, self.run_id)

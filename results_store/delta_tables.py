@@ -74,6 +74,7 @@ __all__ = [
     "open_table",
     "overwrite_run",
     "read",
+    "replace_run_files",
     "run_app_id",
     "run_dataset",
     "set_log_retention",
@@ -381,6 +382,90 @@ def overwrite_run(
                             writer_properties=_writer_properties(compression), commit_properties=commit,
                             post_commithook_properties=_HOOKS)
         return _record(path, -1 if before is None else before, marker)
+
+
+def replace_run_files(
+    path: Path,
+    files: Sequence[AddAction],
+    *,
+    run_id: str,
+    last_timestep: int,
+    schema: pa.Schema,
+    metadata: dict[str, Any] | None = None,
+) -> int:
+    """Replace one run's partition with ``files`` (written by ``open_run_file``) in one commit; its version.
+
+    The commit adds ``files``, removes every data file the run's partition holds now (``dataChange=true``:
+    the run's rows change, unlike a compaction's) and records ``last_timestep`` as the run's application
+    transaction; earlier versions stay readable. No ``files``: the partition is emptied. A table that does
+    not exist yet is created (``schema``: its rows, partition column included) and the files just added.
+
+    Unlike ``overwrite_run`` (delta-rs rewriting a stream of rows: 0.2-0.5 GB more per table of a one-year
+    run), nothing is read or rewritten: the files are written chunk by chunk beforehand, in flat memory.
+    The caller must be the run's only writer (its lock): the files listed here are the ones removed. A
+    concurrent commit to another run's partition that conflicts is retried on the new version, listing
+    again. If the call fails, ``files`` are deleted when the commit certainly did not happen; when that
+    cannot be told, they stay (no version refers to them unless it landed; vacuum removes them).
+    """
+    adds = list(files)
+    try:
+        with storage_errors("replace a run's files", path):
+            table = open_table(path)
+            if table is None:
+                table = _create_partitioned(path, schema)
+            attempts = _REPLACE_ATTEMPTS
+            while True:
+                attempts -= 1
+                before = table.version()
+                current = table_files(path, version=before).runs([run_id])[0][1]
+                now_ms = int(datetime.now(UTC).timestamp() * 1000)
+                # The log spells paths percent-encoded and delta-rs encodes what it is given: hand it the decoded path.
+                removes = [RemoveAction(unquote(f.log_path), True, now_ms, f.size_bytes, {PARTITION_COLUMN: run_id})
+                           for f in current]
+                marker, custom = _marked(metadata)
+                try:
+                    table.create_write_transaction(
+                        [*adds, *removes], mode="append", schema=table.schema(), partition_by=[PARTITION_COLUMN],
+                        commit_properties=CommitProperties(
+                            custom_metadata=custom,
+                            app_transactions=[Transaction(run_app_id(run_id), last_timestep)],
+                        ),
+                        post_commithook_properties=_HOOKS,
+                    )
+                except CommitFailedError:
+                    # Another run's commit conflicted: this one was not written. List the files again on the new version.
+                    if attempts <= 0:
+                        raise
+                    table.update_incremental()
+                    continue
+                except BaseException:
+                    landed = _commit_landed(path, before, marker)
+                    if landed:  # it failed after the commit (a post-commit hook): the files are the table's now
+                        with contextlib.suppress(Exception):
+                            _record(path, before, marker)
+                    if landed is not False:
+                        adds = []  # committed, or not known: keep them
+                    raise
+                adds = []  # committed: whatever happens now, they are the table's
+                return _record(path, before, marker)
+    except BaseException:
+        discard_run_files(path, adds)  # nothing refers to them
+        raise
+
+
+# Conflicting commits of other runs retried by ``replace_run_files`` before it gives up (RST-001, transient).
+_REPLACE_ATTEMPTS = 3
+
+
+def _commit_landed(path: Path, before: int, marker: str) -> bool | None:
+    """Whether the commit marked ``marker`` is in the log after ``before`` (None: the log cannot be read)."""
+    try:
+        checksums.find_commit(path, before, marker)
+    except ComponentError:  # not in the log (find_commit's only ComponentError)
+        return False
+    except Exception:
+        return None
+    return True
 
 
 def _version_or_none(path: Path) -> int | None:

@@ -1,9 +1,12 @@
 """Re-deriving a run's result tables from its ``raw_snapshots``, with new parameters.
 
 Under a new run_id the snapshots are replayed through a fresh ``ResultsStore`` (a new run whose
-``parent_run_id`` is the source). In place, each result table's partition for the run is
-replaced in one commit (overwrite by predicate), so the previous version stays readable by time
-travel; the runs registry records the table versions before and after. Both are idempotent.
+``parent_run_id`` is the source). In place, the re-derived rows are streamed into new files of the
+run's partition, and each result table's partition is then replaced in one commit (the new files
+added, the old ones removed, the run's watermark recorded: ``delta_tables.replace_run_files``), so the
+previous version stays readable by time travel; the runs registry records the table versions before
+and after. Both are idempotent. An in-place rerun that fails part-way leaves each table whole, at its
+old version or its new one, and is not recorded; running it again completes it.
 
 What a rerun guarantees (nothing lost, nothing mixed, nothing damaged spread):
 
@@ -37,8 +40,10 @@ What a rerun guarantees (nothing lost, nothing mixed, nothing damaged spread):
 
 Reading takes the same memory whatever the run's length: the raw snapshots (~1 GB of payloads for
 a one-year 1-minute run) are read twice, a thousand at a time, from one table version: once to check
-every sha256, then to re-derive them. (In place, each table's overwrite is delta-rs writing its
-spooled rows, which holds far more: ~0.4-0.5 GB for a table of a one-year run.)
+every sha256, then to re-derive them. Writing does too: in place, each chunk's rows go straight into
+the tables' new files (a file per ``backtest_batch_size`` timesteps, as the store writes them), and
+the commits only name files. (Spooling the rows and letting delta-rs overwrite the partition with them
+held another 0.2-0.5 GB per table of a one-year run.)
 """
 
 from __future__ import annotations
@@ -46,9 +51,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -60,11 +65,10 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from results_store import delta_tables
-from results_store.batch_writer import BatchWriter
+from results_store.batch_writer import BatchWriter, PreparedBatch
 from results_store.error_map import storage_errors
 from results_store.markdown import markdown_table
 from results_store.row_groups import file_index
@@ -73,7 +77,7 @@ from results_store.runs import append_run_record, latest_run, run_lock_path
 from results_store.store import CHUNK_TIMESTEPS, ResultsStore
 from results_store.summary import RunSummary
 from schemas.errors import ComponentError
-from schemas.modes import ModeConfig, config_hash
+from schemas.modes import Compression, ModeConfig, config_hash
 from schemas.result_types import ALWAYS_STORED, ResultType
 from schemas.settings import StoreSettings, load_settings
 from schemas.store_tables import QUARANTINE, QUARANTINE_SCHEMA, RAW_SNAPSHOTS
@@ -108,7 +112,6 @@ LIVE_DAY_GRACE = timedelta(minutes=15)
 # The quarantine rows of snapshots that broke the contract: their timesteps are not in raw_snapshots.
 CONTRACT_REJECTION = "snapshot"
 _SHOWN = 10  # damaged timesteps named in a message (details carry up to 100)
-_SPOOL_BATCH = 32_768  # rows of a re-derived table handed to its overwrite at a time (a row group's worth)
 
 
 def check_result_types(result_types: Sequence[str | ResultType] | None) -> None:
@@ -520,6 +523,44 @@ def _contract_rejections(path: Path, run_id: str) -> pa.Table:
     return rows.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
 
 
+class _NewFiles:
+    """The new data files of each table an in-place rerun rewrites, written chunk by chunk before any commit."""
+
+    def __init__(self, paths: dict[str, Path], run_id: str, compression: Compression) -> None:
+        self.paths, self.run_id, self.compression = paths, run_id, compression
+        self.open: dict[str, delta_tables.RunFile] = {}
+        self.closed: dict[str, list[delta_tables.FileAction]] = {n: [] for n in paths}
+
+    def write(self, name: str, data: pa.Table) -> None:
+        """Append ``data`` to the table's open file (opened at its first rows: no file of no rows)."""
+        if not data.num_rows:
+            return
+        file = self.open.get(name)
+        if file is None:
+            file = self.open[name] = delta_tables.open_run_file(self.paths[name], self.run_id, data.schema,
+                                                                self.compression)
+        with storage_errors(f"write {name}", self.paths[name]):
+            file.write(data)
+
+    def rotate(self) -> None:
+        """Close the open files: the next rows go to new ones."""
+        while self.open:
+            name, file = self.open.popitem()
+            self.closed[name].append(delta_tables.close_run_file(file))  # deletes the file if it fails
+
+    def take(self, name: str) -> list[delta_tables.FileAction]:
+        """The table's closed files, handed to its commit (which deletes them if it certainly did not happen)."""
+        return self.closed.pop(name, [])
+
+    def abandon(self) -> None:
+        """Delete every file not handed to a commit: no version will refer to them."""
+        while self.open:
+            self.open.popitem()[1].abandon()
+        closed, self.closed = self.closed, {}
+        for name, adds in closed.items():
+            delta_tables.discard_run_files(self.paths[name], adds)
+
+
 def _rederive_in_place(config: ModeConfig, settings: StoreSettings, execution_mode: str, run_id: str,
                        record: dict[str, Any], root: Path, raw: RawSnapshots) -> RunSummary:
     started = time.perf_counter()
@@ -534,46 +575,69 @@ def _rederive_in_place(config: ModeConfig, settings: StoreSettings, execution_mo
     last_step = max(raw.last_timestep, committed if committed is not None else -1)
     writer = BatchWriter(mode=config, settings=settings, run_id=run_id,
                          table_paths={n: paths[n] for n in names})
+    new_files = _NewFiles({n: paths[n] for n in names}, run_id, settings.compression)
+    # A new file of each table every backtest batch, as the store writes a backtest (one per 100,000
+    # timesteps by default): readers prune the run's files by their statistics as they do a run the store
+    # wrote, finalize and later compactions find the layout they expect, and a file's footer and
+    # statistics are gathered over a bounded span. (A live day, 1,440 timesteps, is one file, as its own
+    # compaction makes it; the live batch size, ~100, would make it hundreds.)
+    per_file = settings.backtest_batch_size
     quarantined = kept.num_rows
-    with tempfile.TemporaryDirectory(prefix="rerun-") as tmp:
-        spool = Path(tmp)
-        writers: dict[str, pq.ParquetWriter] = {}
-        chunk: list[Any] = []
+    in_file = 0  # timesteps in the open files
+    chunk: list[Any] = []
+    # One thread writes a chunk's tables (pyarrow encodes and compresses outside the GIL) while this one
+    # prepares the next: two chunks in memory at most.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="results-store-rerun")
+    writing: Future[None] | None = None
 
-        def spool_table(name: str, table: pa.Table) -> None:
-            if name not in writers:
-                (spool / name).mkdir()
-                writers[name] = pq.ParquetWriter(spool / name / "part.parquet", table.schema)
-            writers[name].write_table(table)
+    def write(prepared: PreparedBatch, rotate: bool) -> None:
+        for name in names:
+            new_files.write(name, prepared.tables[name])
+        if rotate:
+            new_files.rotate()
 
-        def flush() -> None:
-            nonlocal quarantined
-            prepared = writer.prepare(chunk)
-            quarantined += prepared.quarantined
-            for name in names:
-                spool_table(name, prepared.tables[name])
-            chunk.clear()
+    def flush() -> None:
+        nonlocal quarantined, in_file, writing
+        # raw_snapshots is not rewritten: its payloads are neither built nor hashed again.
+        prepared = writer.prepare(chunk, raw_snapshots=False)
+        quarantined += prepared.quarantined
+        in_file += len(chunk)
+        chunk.clear()
+        rotate = in_file >= per_file
+        if rotate:
+            in_file = 0
+        if writing is not None:
+            writing.result()
+        writing = pool.submit(write, prepared, rotate)
 
-        for step, stamp, results in raw:
-            chunk.append((step, stamp.value // 1000, stamp, results, 0.0))
-            if len(chunk) >= RERUN_CHUNK:
+    try:
+        try:
+            for step, stamp, results in raw:
+                chunk.append((step, stamp.value // 1000, stamp, results, 0.0))
+                if len(chunk) >= min(RERUN_CHUNK, per_file - in_file):  # a chunk never straddles two files
+                    flush()
+            if chunk:
                 flush()
-        if chunk:
-            flush()
-        spool_table(QUARANTINE, kept)  # the overwrite below replaces the whole quarantine partition
-        for w in writers.values():
-            w.close()
-        writer.close()
+            if writing is not None:
+                writing.result()
+        finally:
+            pool.shutdown(wait=True)  # nothing is written behind an error's back
+            writer.close()
+        new_files.write(QUARANTINE, kept)  # the commit below replaces the whole quarantine partition
+        new_files.rotate()
         meta = {"run_id": run_id, "rerun": "in_place", "config_hash": config_hash(config)}
         after: dict[str, int] = {}
         for name in names:
             schema = QUARANTINE_SCHEMA if name == QUARANTINE else arrow_schema(name)
-            # A batch of a row group's size at a time, one ahead: the scanner's defaults (16 batches of
-            # 131k rows ahead) held ~0.5 GB of a year's balance sheet while delta-rs wrote it.
-            reader = pads.dataset(spool / name, format="parquet", schema=schema).scanner(
-                batch_size=_SPOOL_BATCH, batch_readahead=1, fragment_readahead=1).to_reader()
-            after[name] = delta_tables.overwrite_run(paths[name], reader, run_id=run_id,
-                                                     last_timestep=last_step, metadata={**meta, "table": name})
+            # Each table in one commit: the new files in, the run's old files out, its watermark recorded.
+            # The tables committed before a failure keep their new version: a rerun again redoes them all.
+            with storage_errors(f"commit {name}", paths[name]):
+                after[name] = delta_tables.replace_run_files(
+                    paths[name], new_files.take(name), run_id=run_id, last_timestep=last_step, schema=schema,
+                    metadata={**meta, "table": name})
+    except BaseException:
+        new_files.abandon()
+        raise
     emptied: list[str] = []
     for name in sorted(set(all_result_tables) - set(names)):
         if delta_tables.count_rows(paths[name], run_id=run_id):
