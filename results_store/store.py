@@ -534,8 +534,8 @@ class ResultsStore:
         """The single consumer: chunk → prepare → write (thread) → commit when the batch is due, in order.
 
         Backtest streams: each prepared chunk is written into the batch's open files while the next is
-        prepared, then dropped; the batch's commit comes when it is due. Live commits each batch whole
-        (a live batch is one chunk: a chunk ends when the queue runs empty, which makes it due).
+        prepared, then dropped; the batch's commit comes when it is due. Live commits each batch whole,
+        as soon as the commit before it has landed (what was prepared meanwhile is one batch).
         """
         assert self._batch_writer is not None
         pending: list[PreparedBatch] = []  # live: prepared, not yet committed
@@ -571,8 +571,14 @@ class ResultsStore:
                     pending.append(prepared)
                     pending_steps += prepared.timesteps
                     first_pending_at = first_pending_at or chunk[0][4]
+                # Live commits what it has prepared as soon as no commit is in flight; while one is,
+                # it goes on preparing what arrives (unless the queue ran empty, the batch is full or
+                # flush_interval passed) and commits it all next. Waiting for the queue to run empty
+                # held batches back at 10 snapshots/s (bench/bench_live.py).
                 commit_now = bool(pending) and (
                     stopping
+                    or inflight is None
+                    or inflight.done()
                     or pending_steps >= self.settings.commit_batch_size
                     or time.monotonic() - (first_pending_at or 0) >= self.settings.flush_interval
                     or (self.results_queue.empty() and not self._backlog())
