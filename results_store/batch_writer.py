@@ -175,6 +175,10 @@ class BatchWriter:
         self.table_paths = table_paths
         self.on_failed_attempt = on_failed_attempt
         self.retry = LIVE_RETRY if settings.execution_mode == "live" else BACKTEST_RETRY
+        # Live leaves the tables' checkpoints to the live policy, which writes them in the background
+        # (compaction.py): every table reaches a checkpoint boundary at the same commit, and delta-rs
+        # writing ten checkpoints inside it made every tenth commit the slowest (bench/bench_live.py).
+        self._checkpoints = settings.execution_mode != "live"
         self.commit_metadata = dict(commit_metadata or {})
         self.result_types = [ResultType(t) for t in mode.results_store.result_types]
         self.committed: dict[str, int | None] = {
@@ -460,7 +464,8 @@ class BatchWriter:
         if handle is None:
             handle = delta_tables.open_table(path)  # still None before the table's first commit
         version = delta_tables.commit_run_files(path, adds, run_id=self.run_id, last_timestep=last_timestep,
-                                                schema=self._schemas[name], metadata=metadata, table=handle)
+                                                schema=self._schemas[name], metadata=metadata, table=handle,
+                                                checkpoint=self._checkpoints)
         self._handles[name] = handle if handle is not None else delta_tables.open_table(path)
         return version
 

@@ -12,9 +12,10 @@ files nothing vacuumed. The live policy (:class:`LiveCompaction`) instead:
 - **compacts the day** when the run's data rolls over into a new UTC day
   (``select="uncompacted"``, into one ``compacted-…`` file per day): a second rewrite.
 
-It also keeps each table's log **checkpointed** every ``CHECKPOINT_INTERVAL`` versions, as delta-rs
-does after its own commits, for commits that did not write one (a commit whose log entry the store
-wrote itself): that checkpoint is made here, after the commit and off its latency, not in it.
+It also keeps each table's log **checkpointed** every ``CHECKPOINT_INTERVAL`` versions for the live
+commits, which leave that to it: every table reaches a boundary at the same commit, and ten
+checkpoints inside it made it the slowest of ten. Here they are written in the background, of the
+boundary version, while the next commits go on.
 
 A run that ends with its day (the every-minute deployment names one run per UTC day) never sees
 the roll-over itself: the next day's run does, at its first commit, and compacts the live runs
@@ -26,7 +27,7 @@ compacts whatever a quiet day left over.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -102,6 +103,9 @@ class LiveCompaction:
     checkpointed: dict[str, int] = field(default_factory=dict)
     checkpoints: list[tuple[str, int]] = field(default_factory=list)
     commits: int = 0  # commits told of: whose turn it is to merge (``_turn``)
+    # Checkpoints are written off the commit path, one table after the other (``_checkpoint``).
+    _background: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _pending: list[Future[None]] = field(default_factory=list, repr=False)
 
     def start(self) -> None:
         """Count each table's appends since its last merge, and find the run's current day."""
@@ -178,7 +182,8 @@ class LiveCompaction:
         return list(self.table_paths).index(name) % slots == self.commits % slots
 
     def _checkpoint(self, versions: Mapping[str, int]) -> None:
-        """Checkpoint each table whose commit passed a checkpoint boundary without one being written."""
+        """Checkpoint, in the background, each table whose commit passed a checkpoint boundary without
+        one being written: of the boundary version itself, which no commit in flight touches."""
         due = []
         for name, version in versions.items():
             boundary = version - (version + 1) % CHECKPOINT_INTERVAL
@@ -187,9 +192,35 @@ class LiveCompaction:
             self.checkpointed[name] = boundary
             path = self.table_paths[name]
             if not (path / checksums.LOG_DIR / f"{boundary:020d}.checkpoint.parquet").exists():
-                due.append(name)  # one stat per table per interval when the commits wrote theirs
-        made = _each(lambda name: delta_tables.checkpoint(self.table_paths[name]), due)
-        self.checkpoints.extend((name, version) for name, version in zip(due, made, strict=True) if version is not None)
+                due.append((name, boundary))  # one stat per table per interval when the commits wrote theirs
+        if not due:
+            return
+        if self._background is None:
+            self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="results-store-checkpoint")
+        self._pending.append(self._background.submit(self._write_checkpoints, due))
+
+    def _write_checkpoints(self, due: Sequence[tuple[str, int]]) -> None:
+        for name, boundary in due:
+            try:
+                made = delta_tables.checkpoint(self.table_paths[name], boundary)
+            except Exception as exc:  # the commit stands; a missing checkpoint only costs log replay
+                self.errors.append(f"checkpoint {name} at {boundary}: {exc}")
+                continue
+            if made is not None:
+                self.checkpoints.append((name, made))
+
+    def wait_checkpoints(self) -> None:
+        """Wait for the checkpoints being written (a run's end; tests)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        """Wait for the checkpoints being written and let the background thread go."""
+        self.wait_checkpoints()
+        if self._background is not None:
+            self._background.shutdown(wait=True)
+            self._background = None
 
     def compact_finished_days(self, today: date) -> list[dict[str, Any]]:
         """Compact the other live runs' days before ``today`` that are still in more than one file.

@@ -130,6 +130,8 @@ def run_app_id(run_id: str) -> str:
 # versions and growing, 3/4 of a live commit's time. Log clean-up is the nightly retention's job
 # (``cleanup_log``), so commits skip it.
 _HOOKS = PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)
+# A commit that leaves its checkpoint to the caller (``commit_run_files(checkpoint=False)``).
+_HOOKS_NO_CHECKPOINT = PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
 
 # A checkpoint every 10 versions, not delta-rs's default 100: delta-rs replays every log entry since
 # the last checkpoint both to bring a handle up to date and again inside each commit, ~0.35 ms of
@@ -287,6 +289,7 @@ def commit_run_files(
     schema: pa.Schema,
     metadata: dict[str, Any] | None = None,
     table: DeltaTable | None = None,
+    checkpoint: bool = True,
 ) -> int | None:
     """Add ``files`` (written by ``open_run_file``) to the table in one commit that records
     ``last_timestep`` for the run (its application transaction); none: the commit records only that.
@@ -298,6 +301,8 @@ def commit_run_files(
     ``table``: an open handle to reuse across batches, brought up to date first (only newer log entries
     are read), so a commit by another writer or by an attempt whose outcome was unclear is seen.
     ``schema``: the table's rows, partition column included (the table is created with it if needed).
+    ``checkpoint``: False leaves the checkpoint due at this version to the caller (``checkpoint``), to
+    write once the commit's latency no longer counts (the live policy does, results_store/compaction.py).
     """
     with storage_errors("commit", path):
         if table is not None:
@@ -320,7 +325,7 @@ def commit_run_files(
                 custom_metadata=custom,
                 app_transactions=[Transaction(run_app_id(run_id), last_timestep)],
             ),
-            post_commithook_properties=_HOOKS,
+            post_commithook_properties=_HOOKS if checkpoint else _HOOKS_NO_CHECKPOINT,
         )
         # The handle is brought up to date by the next commit (it reads only newer log entries).
         return _record(path, before, marker)
@@ -835,10 +840,12 @@ def _commit_replacement(table: DeltaTable, path: Path, run_id: str, adds: Sequen
     return _record(path, before, marker)
 
 
-def checkpoint(path: Path) -> int | None:
-    """Write a checkpoint of the latest version unless it has one, and record it; the version, or None."""
+def checkpoint(path: Path, version: int | None = None) -> int | None:
+    """Write a checkpoint of the latest version (or of ``version``) unless it has one, and record it;
+    the version, or None. A checkpoint of a past version is safe while others commit: it reads only
+    the log up to that version, and its file is one no commit writes or records."""
     with storage_errors("checkpoint", path):
-        table = open_table(path)
+        table = open_table(path, version)
         if table is None:
             return None
         current = table.version()

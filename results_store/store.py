@@ -386,7 +386,8 @@ class ResultsStore:
     def _release(self) -> None:
         """Close the run's files and free its lock; every step runs, whatever an earlier one raised."""
         try:
-            closers = [c for c in (self._batch_writer, self._durability) if c is not None]
+            # The live policy first: its background checkpoints finish before the run's lock is freed.
+            closers = [c for c in (self._live_compaction, self._batch_writer, self._durability) if c is not None]
             for closer in closers:
                 try:
                     closer.close()

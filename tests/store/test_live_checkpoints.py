@@ -1,11 +1,13 @@
 """A live run's tables keep a checkpoint every CHECKPOINT_INTERVAL (10) versions, whoever wrote the commits.
 
-delta-rs checkpoints after its own commits; a commit whose log entry the store writes itself does
-not, so the live policy (``LiveCompaction``) checkpoints after such a commit, off its latency.
+delta-rs checkpoints inside its own commits; the live batch writer's commits leave it to the live
+policy (``LiveCompaction``), which writes it in the background, off the commits' latency.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 from datetime import date
 from pathlib import Path
@@ -16,8 +18,20 @@ from deltalake import PostCommitHookProperties
 
 from results_store import checksums, delta_tables
 from results_store.compaction import CHECKPOINT_INTERVAL, LiveCompaction
+from results_store.simulator.reference import ReferenceEngine
+from results_store.store import ResultsStore
+from schemas.modes import load_mode
+from schemas.settings import load_settings
 
 STEPS = CHECKPOINT_INTERVAL + 20
+
+
+async def _committed(store: ResultsStore, step: int, seconds: float = 30.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if store.last_committed_timestep() == step:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timestep {step} not committed within {seconds} s")
 
 
 def _rows(step: int) -> pa.Table:
@@ -40,6 +54,7 @@ def test_a_live_table_has_a_checkpoint_every_interval_and_only_one(
         version = delta_tables.append_exactly_once(path, _rows(step), run_id="r1", last_timestep=step)
         assert version is not None
         policy.after_commit({"values": version}, None)
+    policy.close()  # the policy's checkpoints are written in the background
 
     # Versions 0 (the table's creation) to STEPS: a boundary every CHECKPOINT_INTERVAL versions.
     boundaries = list(range(CHECKPOINT_INTERVAL - 1, STEPS + 1, CHECKPOINT_INTERVAL))
@@ -60,6 +75,7 @@ def test_the_commit_that_rolls_the_day_over_is_checkpointed_too(tmp_path: Path, 
         assert version is not None
         # The commit of version 9, the checkpoint boundary, is the first of the next UTC day.
         policy.after_commit({"values": version}, midnight_us + (step - (CHECKPOINT_INTERVAL - 2)) * 60_000_000)
+    policy.close()
 
     assert policy.day == date(2023, 11, 15)  # the roll-over was seen (the rows have no timestamps to compact)
     assert [name for name, _ in policy.checkpoints] == ["values"] and _checkpoints(path)
@@ -77,4 +93,26 @@ def test_a_table_the_store_makes_checkpoints_every_ten_versions(tmp_path: Path) 
     assert table is not None
     assert table.metadata().configuration["delta.checkpointInterval"] == "10"
     assert _checkpoints(path) == [f"{v:020d}.checkpoint.parquet" for v in (9, 19)]
+    assert checksums.verify(tmp_path, ["live"], all_versions=True, in_flight_seconds=0).ok
+
+
+async def test_a_live_store_writes_each_tables_checkpoint_in_the_background_not_inside_the_commit(tmp_path: Path) -> None:
+    """Every table reaches a checkpoint boundary at the same commit: written inside it, ten checkpoints
+    made every tenth commit the slowest. The live policy writes them in the background instead."""
+    mode = load_mode("usdt_market_neutral")
+    engine = ReferenceEngine(mode, "2024-01-01", "2024-01-02", "1min", seed=7)
+    settings = load_settings(mode, data_dir=tmp_path, execution_mode="live", tune_allocators=False)
+    store = ResultsStore(mode, "live", data_dir=tmp_path, run_id="cp", settings=settings)
+    async with store:
+        for step, (stamp, snapshot) in enumerate(itertools.islice(engine.iter_snapshots(), 2 * CHECKPOINT_INTERVAL)):
+            await store.store_timestep_results(stamp, snapshot)
+            await _committed(store, step)  # one commit per snapshot: versions 1, 2, ...
+    policy = store._live_compaction
+    assert policy is not None and not policy.errors
+    boundaries = [CHECKPOINT_INTERVAL - 1, 2 * CHECKPOINT_INTERVAL - 1]
+    tables = sorted(store.table_paths)
+    for boundary in boundaries:  # each made by the policy (no commit wrote one), of the boundary version
+        assert sorted(name for name, version in policy.checkpoints if version == boundary) == tables
+    for name in tables:
+        assert _checkpoints(store.table_paths[name]) == [f"{v:020d}.checkpoint.parquet" for v in boundaries]
     assert checksums.verify(tmp_path, ["live"], all_versions=True, in_flight_seconds=0).ok
