@@ -194,6 +194,7 @@ class BatchWriter:
         self._open: dict[str, delta_tables.RunFile] = {}
         self._schemas: dict[str, pa.Schema] = {}
         self._streamed = 0
+        self._committers: dict[str, concurrent.futures.ThreadPoolExecutor] = {}  # one commit thread per table
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(4, len(table_paths)), thread_name_prefix="results-store-write"
         )
@@ -437,7 +438,12 @@ class BatchWriter:
                              metadata: dict[str, Any]) -> int | None:
         # A timed-out commit cannot be cancelled; wait for it to settle before any retry, so two
         # attempts never run at once (the app-transaction check then makes the retry a no-op).
-        executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        # One long-lived thread per table: a live run commits every table per snapshot, and a thread
+        # started and joined per commit cost ten of each per snapshot.
+        executor = self._committers.get(name)
+        if executor is None:
+            executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"results-store-commit-{name}")
+            self._committers[name] = executor
         future = executor.submit(self._commit_with_handle, name, adds, last_timestep, metadata)
         try:
             return future.result(timeout=self.settings.timeout)
@@ -452,8 +458,6 @@ class BatchWriter:
             # A failed attempt may leave the cached handle behind the log: the next one reopens it.
             self._handles.pop(name, None)
             raise map_error(exc, f"commit {name}", self.table_paths[name]) from exc
-        finally:
-            executor.shutdown(wait=False)
 
     def _commit_with_handle(self, name: str, adds: list[delta_tables.FileAction], last_timestep: int,
                             metadata: dict[str, Any]) -> int | None:
@@ -491,6 +495,9 @@ class BatchWriter:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        for committer in self._committers.values():
+            committer.shutdown(wait=True)
+        self._committers.clear()
         self.abandon()
 
 
