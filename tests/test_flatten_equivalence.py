@@ -1,9 +1,9 @@
 """flatten_batch's output, pinned: any change to a table or to a rejection fails here.
 
-The flattener is tuned for speed; these golden fingerprints were computed from its output before
-the tuning, so a faster version must give the same tables (schema, row order, values to the bit,
-dtypes, chunking) and the same rejections (timestep, timestamp, code, message, key paths, the
-kind of exception behind them) for:
+The flattener is tuned for speed; these golden fingerprints were computed from the exact reader's
+output (the flattener as it was before the tuning), so a faster version must give the same tables
+(schema, row order, values to the bit, dtypes, chunking) and the same rejections (timestep,
+timestamp, code, message, key paths, the kind of exception behind them) for:
 
 - a chunk of reference-engine snapshots of each of the seven modes;
 - batches with snapshots broken or odd on purpose, applied in each mode: the cases of
@@ -14,6 +14,11 @@ kind of exception behind them) for:
 Each is read both ways: by the bulk reader first (which hands what it does not read cleanly to the
 exact one) and by the exact reader alone; the bulk reader must read the reference chunks itself,
 and batches whose snapshots' keys vary (order, number) as the exact reader does.
+
+The reference engine's snapshots are the same bits on every machine (its market computes exp, log
+and powers with the C library, not numpy's CPU-dependent SIMD paths: the first goldens, taken on a
+machine without AVX-512, failed on one with it); checked by printing the fingerprints below under
+``NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4 AVX512_ICL AVX512_SPR"`` and without: the same.
 
 A case whose key path a mode's snapshots lack (no perp positions in pure_lending) is pinned as
 "n/a" for that mode. To see what changed, run this module: it prints the fingerprints of the

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -85,6 +86,16 @@ def _rng(seed: int, stream: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(stream.encode())])
 
 
+def _libm(fn: Callable[[float], float], x: np.ndarray) -> np.ndarray:
+    """``fn`` (a ``math`` function) element by element. numpy's exp, log and power take a SIMD path
+    chosen by the CPU (AVX-512 or AVX2) whose last bits differ between the two, and a seed must give
+    the same market on every machine (tests pin the engine's snapshots to the bit; users compare
+    runs across machines). The C library's scalar functions give the same bits on both; a year of
+    1-minute steps costs ~30 ms a call."""
+    flat = np.asarray(x, dtype=np.float64).ravel()
+    return np.fromiter(map(fn, flat.tolist()), dtype=np.float64, count=flat.size).reshape(np.shape(x))
+
+
 def ar1(shocks: np.ndarray, phi: float) -> np.ndarray:
     """``x[i] = phi * x[i-1] + shocks[i]`` with ``x[-1] = 0``, without a Python loop per element.
 
@@ -100,8 +111,8 @@ def ar1(shocks: np.ndarray, phi: float) -> np.ndarray:
         raise ValueError(f"ar1 needs 0 < phi < 1, got {phi}")
     block = int(min(_AR1_MAX_BLOCK, max(1, math.log(_AR1_BLOCK_GROWTH) // -math.log(phi))))
     exponents = np.arange(block, dtype=np.float64)
-    grow = phi ** -exponents
-    decay = phi ** exponents
+    grow = _libm(lambda j: phi ** j, -exponents)
+    decay = _libm(lambda j: phi ** j, exponents)
     prev = 0.0
     for s in range(0, n, block):
         e = min(s + block, n)
@@ -159,7 +170,7 @@ class Market:
     def _gbm(start: float, vol: float, shocks: np.ndarray, dt: float) -> np.ndarray:
         log_returns = shocks * (vol * math.sqrt(dt)) - 0.5 * vol * vol * dt
         log_returns[:1] = 0.0  # the path starts exactly at its start price
-        return start * np.exp(np.cumsum(log_returns))
+        return start * _libm(math.exp, np.cumsum(log_returns))
 
     @cached_property
     def eth_usd(self) -> np.ndarray:
@@ -178,7 +189,7 @@ class Market:
     def weeth_rate(self) -> np.ndarray:
         """ETH per weETH: the staking drift times the feed's wiggle times (1 - the depth of a dip)."""
         n = self.n
-        base = WEETH_START_RATE * np.exp(STAKING_APR * self.dt_years * np.arange(n, dtype=np.float64))
+        base = WEETH_START_RATE * _libm(math.exp, STAKING_APR * self.dt_years * np.arange(n, dtype=np.float64))
         draws = _rng(self.seed, "depeg").random((n, 2))
         starts = draws[:, 0] < min(1.0, self.step_seconds / DEPEG_MEAN_INTERVAL_S)
         starts[:1] = False  # a run opens on an undisturbed rate
@@ -187,8 +198,8 @@ class Market:
         # log space, so neither a loop nor overflowing exp(+j * lam) is needed.
         lam = self.step_seconds / DEPEG_EFOLD_S
         steps = np.arange(n, dtype=np.float64) * lam
-        keys = np.where(starts, np.log(sizes) + steps, -np.inf)
-        depth = np.exp(np.maximum.accumulate(keys) - steps)
+        keys = np.where(starts, _libm(math.log, sizes) + steps, -np.inf)
+        depth = _libm(math.exp, np.maximum.accumulate(keys) - steps)
         phi = math.exp(-ORACLE_NOISE_REVERSION_PER_YEAR * self.dt_years)
         shocks = _rng(self.seed, "oracle_noise").standard_normal(n) * (ORACLE_NOISE_SD * math.sqrt(1.0 - phi * phi))
         wiggle = np.clip(ar1(shocks, phi), -ORACLE_NOISE_BOUND, ORACLE_NOISE_BOUND) if phi < 1.0 else np.zeros(n)
