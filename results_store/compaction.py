@@ -197,6 +197,8 @@ class LiveCompaction:
             return
         if self._background is None:
             self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="results-store-checkpoint")
+        # A live run lasts days: keep only the checkpoints still being written.
+        self._pending = [f for f in self._pending if not f.done()]
         self._pending.append(self._background.submit(self._write_checkpoints, due))
 
     def _write_checkpoints(self, due: Sequence[tuple[str, int]]) -> None:
