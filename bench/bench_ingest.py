@@ -54,6 +54,7 @@ from results_store.allocators import ALLOCATOR_ENV  # noqa: E402
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", ALLOCATOR_ENV["ARROW_DEFAULT_MEMORY_POOL"])
 
 import pandas as pd  # noqa: E402
+from bench_store import _status_mb  # noqa: E402  (this directory is on sys.path: the benches run as scripts)
 
 from results_store.drive import backtest_inputs, feed  # noqa: E402
 from results_store.file_ingest import feed_file  # noqa: E402
@@ -112,17 +113,6 @@ def head_file(source: Path, lines: int) -> Path:
 
 
 # ----------------------------------------------------------------------------- children
-def _status_mb(field: str) -> float | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return None
-
-
 def _before() -> float:
     gc.collect()
     return _status_mb("VmRSS") or 0.0

@@ -57,7 +57,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[str
     return root, location, {t: _content(root, t) for t in DRILL_TABLES}
 
 
-def _drill(root: Path, location: str, before: dict[str, pa.Table], table: str, damage: Callable[[], str]) -> None:
+def _assert_found_named_and_restored(root: Path, location: str, before: dict[str, pa.Table], table: str,
+                                     damage: Callable[[], str]) -> None:
     """Damage once; verify must name the file; restore must bring back the exact content."""
     damaged = damage()
     report = checksums.verify(root, ["backtest"], table=table, in_flight_seconds=0)
@@ -85,7 +86,7 @@ def test_a_bit_flipped_anywhere_in_a_data_file_is_found_named_and_restored(store
             file.write_bytes(bytes(data))
             return rel
 
-        _drill(root, location, before, table, flip)
+        _assert_found_named_and_restored(root, location, before, table, flip)
 
 
 @pytest.mark.parametrize("table", DRILL_TABLES)
@@ -115,7 +116,7 @@ def test_a_truncated_a_deleted_data_file_and_a_deleted_or_altered_log_entry_are_
         return "_delta_log/00000000000000000001.json"
 
     for damage in (truncate, delete, delete_log, alter_log):
-        _drill(root, location, before, table, damage)
+        _assert_found_named_and_restored(root, location, before, table, damage)
 
 
 def test_what_verify_reports_names_the_table_the_runs_and_the_versions(store):
