@@ -466,11 +466,11 @@ class BatchWriter:
         path = self.table_paths[name]
         handle = self._handles.get(name)
         if handle is None:
-            handle = delta_tables.open_table(path)  # still None before the table's first commit
+            handle = delta_tables.open_handle(path)  # still None before the table's first commit
         version = delta_tables.commit_run_files(path, adds, run_id=self.run_id, last_timestep=last_timestep,
                                                 schema=self._schemas[name], metadata=metadata, table=handle,
                                                 checkpoint=self._checkpoints)
-        self._handles[name] = handle if handle is not None else delta_tables.open_table(path)
+        self._handles[name] = handle if handle is not None else delta_tables.open_handle(path)
         return version
 
     # -- finalize -----------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMi
 from deltalake.transaction import AddAction, RemoveAction
 
 from results_store import checksums, error_map
+from results_store.delta_log import LogChanged, LogTail
 from results_store.error_map import storage_errors
 from results_store.row_groups import DataFile, file_index, read_ordered
 from schemas.errors import ComponentError
@@ -70,6 +71,7 @@ __all__ = [
     "delete_run",
     "discard_run_files",
     "history",
+    "open_handle",
     "open_run_file",
     "open_table",
     "overwrite_run",
@@ -91,8 +93,6 @@ error_map.register(SchemaMismatchError, "RST-006")
 error_map.register(DeltaProtocolError, "RST-005")  # a log this reader cannot follow: treat as damaged
 
 PARTITION_COLUMN = "run_id"
-# An open table, for callers that keep one between commits (the batch writer); only this module opens it.
-TableHandle = DeltaTable
 # A data file written but not yet committed (``close_run_file``), as ``commit_run_files`` takes it.
 FileAction = AddAction
 
@@ -179,6 +179,68 @@ def committed_txn_version(path: Path, run_id: str) -> int | None:
     return table.transaction_version(run_app_id(run_id))
 
 
+class TableHandle:
+    """A table a writer keeps open between its commits (the batch writer keeps one per table).
+
+    Its appends are written into the log by version (``results_store.delta_log``): what delta-rs
+    would write, without listing the log three times per commit. Tables whose protocol asks more
+    of a writer than reader 1 / writer 2 without invariants are committed through delta-rs, and so
+    is the first commit after another writer changed the schema or protocol (``LogChanged``).
+    """
+
+    def __init__(self, path: Path, table: DeltaTable) -> None:
+        self.path = path
+        self.table = table  # delta-rs' snapshot as opened: the watermarks from before, and the fallback
+        self.tail: LogTail | None = None
+        self.reopen(table)
+
+    def reopen(self, table: DeltaTable | None = None) -> None:
+        """Start again from ``table`` (default: the table as it is now)."""
+        self.table = table if table is not None else DeltaTable(str(self.path))
+        self.checkpoint_interval = int(self.table.metadata().configuration.get("delta.checkpointInterval") or 100)
+        self.tail = (LogTail(self.path, self.table.version(), list(self.table.metadata().partition_columns))
+                     if _appends_by_hand(self.table) else None)
+
+    @property
+    def direct(self) -> bool:
+        """True when appends are written into the log here, False when delta-rs commits them."""
+        return self.tail is not None
+
+    @property
+    def version(self) -> int:
+        return self.tail.version if self.tail is not None else self.table.version()
+
+    def committed(self, run_id: str) -> int | None:
+        """The run's last committed timestep as far as this handle has read the log."""
+        app_id = run_app_id(run_id)
+        if self.tail is not None and app_id in self.tail.txns:
+            return self.tail.txns[app_id]
+        return self.opened_committed(app_id)
+
+    def opened_committed(self, app_id: str) -> int | None:
+        """``app_id``'s application-transaction version in the snapshot this handle opened."""
+        return self.table.transaction_version(app_id)
+
+
+def _appends_by_hand(table: DeltaTable) -> bool:
+    """Whether a blind append needs nothing a writer must check beyond what ``delta_log`` writes:
+    protocol reader 1 / writer 2 (appendOnly, which allows appends, and invariants), no features,
+    and no invariant on any column."""
+    protocol = table.protocol()
+    if protocol.min_reader_version > 1 or protocol.min_writer_version > 2:
+        return False
+    if protocol.reader_features or protocol.writer_features:
+        return False
+    return "delta.invariants" not in table.schema().to_json()
+
+
+def open_handle(path: Path) -> TableHandle | None:
+    """The table at ``path`` opened for a writer's commits (``commit_run_files(table=...)``), or None
+    if there is none yet."""
+    table = open_table(path)
+    return TableHandle(Path(path), table) if table is not None else None
+
+
 # Parquet row groups are buffered whole while they are written, and a row group of raw payloads is
 # ~2 KB per row. The default (1M rows) let the compaction of a 1-year run hold ~200 MB more at its
 # peak than 131k rows did, and 32k rows took another ~100 MB off (bench/bench_store.py, RSS child).
@@ -202,7 +264,7 @@ def append_exactly_once(
     last_timestep: int,
     compression: Compression = "zstd",
     metadata: dict[str, Any] | None = None,
-    table: DeltaTable | None = None,
+    table: TableHandle | None = None,
 ) -> int | None:
     """Append one run's ``data`` in one commit that also records ``last_timestep`` for the run.
 
@@ -215,10 +277,12 @@ def append_exactly_once(
     """
     with storage_errors("append", path):
         if table is not None:
-            table.update_incremental()
+            if table.tail is not None:
+                with contextlib.suppress(LogChanged):  # the commit below goes through delta-rs then
+                    table.tail.catch_up()
+            committed = table.committed(run_id)
         else:
-            table = open_table(path)
-        committed = table.transaction_version(run_app_id(run_id)) if table is not None else None
+            committed = committed_txn_version(path, run_id)
         if committed is not None and committed >= last_timestep:
             return None
         file = open_run_file(path, run_id, data.schema, compression)
@@ -288,7 +352,7 @@ def commit_run_files(
     last_timestep: int,
     schema: pa.Schema,
     metadata: dict[str, Any] | None = None,
-    table: DeltaTable | None = None,
+    table: TableHandle | None = None,
     checkpoint: bool = True,
 ) -> int | None:
     """Add ``files`` (written by ``open_run_file``) to the table in one commit that records
@@ -298,28 +362,36 @@ def commit_run_files(
     ``last_timestep``: the files are then not added again. They stay where they are, because they may
     be the very files an attempt whose outcome was unclear (a timeout) committed; if not, no version
     refers to them and vacuum removes them.
-    ``table``: an open handle to reuse across batches, brought up to date first (only newer log entries
-    are read), so a commit by another writer or by an attempt whose outcome was unclear is seen.
+    ``table``: a handle (``open_handle``) to reuse across commits. It reads only the log entries after
+    its version, so a commit by another writer or by an attempt whose outcome was unclear is seen,
+    and it writes the append into the log itself (``TableHandle``); without one, delta-rs commits.
     ``schema``: the table's rows, partition column included (the table is created with it if needed).
     ``checkpoint``: False leaves the checkpoint due at this version to the caller (``checkpoint``), to
     write once the commit's latency no longer counts (the live policy does, results_store/compaction.py).
     """
     with storage_errors("commit", path):
+        if table is not None and table.tail is not None:
+            try:
+                return _append_by_hand(path, table, table.tail, files, run_id=run_id, last_timestep=last_timestep,
+                                       metadata=metadata, with_checkpoint=checkpoint)
+            except LogChanged:
+                table.tail = None  # this commit goes through delta-rs, which checks the change
         if table is not None:
-            table.update_incremental()
+            delta_table: DeltaTable | None = table.table
+            table.table.update_incremental()
         else:
-            table = open_table(path)
-        committed = table.transaction_version(run_app_id(run_id)) if table is not None else None
+            delta_table = open_table(path)
+        committed = delta_table.transaction_version(run_app_id(run_id)) if delta_table is not None else None
         if committed is not None and committed >= last_timestep:
             return None
-        if table is None:
-            table = _create_partitioned(path, schema)
-        before = table.version()
+        if delta_table is None:
+            delta_table = _create_partitioned(path, schema)
+        before = delta_table.version()
         marker, custom = _marked(metadata)
-        table.create_write_transaction(
+        delta_table.create_write_transaction(
             list(files),
             mode="append",
-            schema=table.schema(),
+            schema=delta_table.schema(),
             partition_by=[PARTITION_COLUMN],
             commit_properties=CommitProperties(
                 custom_metadata=custom,
@@ -327,8 +399,32 @@ def commit_run_files(
             ),
             post_commithook_properties=_HOOKS if checkpoint else _HOOKS_NO_CHECKPOINT,
         )
-        # The handle is brought up to date by the next commit (it reads only newer log entries).
-        return _record(path, before, marker)
+        version = _record(path, before, marker)
+        if table is not None:
+            table.reopen()  # from the table as this commit left it
+        return version
+
+
+def _append_by_hand(path: Path, handle: TableHandle, tail: LogTail, files: Sequence[AddAction], *, run_id: str,
+                    last_timestep: int, metadata: dict[str, Any] | None, with_checkpoint: bool) -> int | None:
+    """``commit_run_files`` through the handle's log tail; the checkpoint delta-rs would write after it."""
+    _, custom = _marked(metadata)
+    app_id = run_app_id(run_id)
+    landed = tail.append([_add_action(add) for add in files], app_id=app_id, txn_version=last_timestep,
+                         commit_info=custom, committed=handle.opened_committed(app_id))
+    if landed is None:
+        return None
+    version, data = landed
+    checksums.record_commit(path, version, data)
+    if with_checkpoint and (version + 1) % handle.checkpoint_interval == 0:  # where delta-rs' post-commit hook writes one
+        checkpoint(path, version)
+    return version
+
+
+def _add_action(add: AddAction) -> dict[str, Any]:
+    """An add action as the Delta log spells it (what delta-rs writes for ``create_write_transaction``)."""
+    return {"path": add.path, "partitionValues": dict(add.partition_values), "size": add.size,
+            "modificationTime": add.modification_time, "dataChange": add.data_change, "stats": add.stats}
 
 
 def discard_run_files(path: Path, files: Sequence[AddAction]) -> None:

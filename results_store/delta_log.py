@@ -1,0 +1,127 @@
+"""A Delta table's log followed and appended to by version, never by listing it.
+
+delta-rs lists the whole ``_delta_log`` directory three times per commit on a local file system
+(to bring a handle up to date, inside the commit, and after it): a local listing enumerates every
+entry, however few are new (delta-io/delta-kernel-rs#2335, open). A live table commits every
+snapshot, so its commits got slower as its log grew: 13 ms of CPU for a one-file commit at 100
+versions, 16 ms at 1,000, 30 ms at 3,000 and 48 ms at 6,000 (``bench/bench_log_growth.py``), and a
+live day at one snapshot a second is 86,400 versions.
+
+``LogTail`` follows a log the way a reader of the protocol may: from a version it knows, it reads
+``<version + 1>.json`` until there is none. ``append`` writes a blind append (the commitInfo, add
+actions and application transaction that delta-rs writes for ``mode="append"``) as the next
+version with put-if-absent, a hard link to a file already complete, which is how the local
+object store delta-rs uses lands its own commits; a version another writer took first is read
+and the append tried as the one after. So a commit's cost no longer depends on the log's length.
+
+Only blind appends go this way, and only to tables whose protocol asks nothing more of a writer
+(reader version 1, writer version 2 at most, no column invariants): the module's caller,
+``delta_tables``, sends anything else through delta-rs, and ``LogChanged`` tells it when another
+writer changed the table's schema or protocol under it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["LOG_DIR", "LogChanged", "LogTail", "log_name"]
+
+LOG_DIR = "_delta_log"
+# Who wrote the commit, in the commitInfo fields delta-rs fills with its own name.
+ENGINE = "results-store"
+
+
+def log_name(version: int) -> str:
+    return f"{version:020d}.json"
+
+
+class LogChanged(Exception):
+    """A commit after the tail's version changed the table's metadata or protocol: a blind append
+    can no longer be written by hand; the caller reopens the table (and commits through delta-rs)."""
+
+    def __init__(self, path: Path, version: int) -> None:
+        super().__init__(f"{path}: version {version} changed the table's metadata or protocol")
+        self.version = version
+
+
+@dataclass
+class LogTail:
+    """One writer's position in a table's log: the last version it has read or written, and the
+    application-transaction versions (app id -> version) it has seen; those from before it
+    opened come from the snapshot it opened (``known``), and are looked up there on demand."""
+
+    path: Path
+    version: int
+    partition_by: list[str]
+    txns: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG_DIR
+
+    def catch_up(self) -> list[tuple[int, bytes]]:
+        """Read the versions committed after this one, in order; their (version, bytes)."""
+        read: list[tuple[int, bytes]] = []
+        while True:
+            following = self.version + 1
+            try:
+                data = (self.log / log_name(following)).read_bytes()
+            except FileNotFoundError:
+                return read
+            for line in data.splitlines():
+                if not line.strip():
+                    continue
+                action = orjson.loads(line)
+                if "txn" in action:
+                    self.txns[str(action["txn"]["appId"])] = int(action["txn"]["version"])
+                elif "metaData" in action or "protocol" in action:
+                    raise LogChanged(self.path, following)
+            self.version = following
+            read.append((following, data))
+
+    def append(self, adds: Sequence[Mapping[str, Any]], *, app_id: str, txn_version: int,
+               commit_info: Mapping[str, Any], committed: int | None) -> tuple[int, bytes] | None:
+        """Commit ``adds`` (Delta add actions) with the application transaction (``app_id``,
+        ``txn_version``) as the next version: its (version, log bytes), or None when the log already
+        holds ``app_id`` at ``txn_version`` or later (an earlier attempt landed). ``committed``:
+        ``app_id``'s version in the snapshot the tail was opened at (None: none)."""
+        info = {
+            "timestamp": int(time.time() * 1000),
+            "operation": "WRITE",
+            "operationParameters": {"mode": "Append", "partitionBy": orjson.dumps(self.partition_by).decode()},
+            "engineInfo": ENGINE,
+            "clientVersion": ENGINE,
+            **commit_info,
+        }
+        lines = [orjson.dumps({"commitInfo": info})]
+        lines += [orjson.dumps({"add": add}) for add in adds]
+        lines.append(orjson.dumps({"txn": {"appId": app_id, "version": txn_version}}))
+        data = b"\n".join(lines) + b"\n"
+        # Complete before it is linked in: a reader never sees half an entry. delta-rs names its own
+        # staging files so, and the log's readers skip them.
+        staged = self.log / f"_commit_{uuid.uuid4()}.json.tmp"
+        staged.write_bytes(data)
+        try:
+            while True:
+                self.catch_up()
+                seen = self.txns.get(app_id, committed)
+                if seen is not None and seen >= txn_version:
+                    return None
+                target = self.version + 1
+                try:
+                    os.link(staged, self.log / log_name(target))
+                except FileExistsError:
+                    continue  # another writer took it: read its entry, try the one after
+                self.version = target
+                self.txns[app_id] = txn_version
+                return target, data
+        finally:
+            staged.unlink(missing_ok=True)
