@@ -35,6 +35,7 @@ import orjson
 __all__ = ["LOG_DIR", "LogChanged", "LogTail", "log_name"]
 
 LOG_DIR = "_delta_log"
+LAST_CHECKPOINT = "_last_checkpoint"
 # Who wrote the commit, in the commitInfo fields delta-rs fills with its own name.
 ENGINE = "results-store"
 
@@ -44,11 +45,12 @@ def log_name(version: int) -> str:
 
 
 class LogChanged(Exception):
-    """A commit after the tail's version changed the table's metadata or protocol: a blind append
-    can no longer be written by hand; the caller reopens the table (and commits through delta-rs)."""
+    """The tail cannot follow the log by hand past its version: a later commit changed the table's
+    metadata or protocol, or the entries after it were cleaned up behind a newer checkpoint (a tail
+    left unused past the log's retention). The caller commits through delta-rs and reopens."""
 
-    def __init__(self, path: Path, version: int) -> None:
-        super().__init__(f"{path}: version {version} changed the table's metadata or protocol")
+    def __init__(self, path: Path, version: int, why: str) -> None:
+        super().__init__(f"{path}: {why} (version {version})")
         self.version = version
 
 
@@ -75,6 +77,7 @@ class LogTail:
             try:
                 data = (self.log / log_name(following)).read_bytes()
             except FileNotFoundError:
+                self._check_not_cleaned_up()
                 return read
             for line in data.splitlines():
                 if not line.strip():
@@ -83,9 +86,22 @@ class LogTail:
                 if "txn" in action:
                     self.txns[str(action["txn"]["appId"])] = int(action["txn"]["version"])
                 elif "metaData" in action or "protocol" in action:
-                    raise LogChanged(self.path, following)
+                    raise LogChanged(self.path, following, "a commit changed the table's metadata or protocol")
             self.version = following
             read.append((following, data))
+
+    def _check_not_cleaned_up(self) -> None:
+        """The next version's file is absent: make sure that is because it is not written yet. Log
+        clean-up deletes entries only behind a checkpoint, which ``_last_checkpoint`` names (or a
+        newer one), so a checkpoint past this tail's version means the entries it has not read are gone."""
+        try:
+            pointer = orjson.loads((self.log / LAST_CHECKPOINT).read_bytes())
+        except FileNotFoundError:
+            return
+        except orjson.JSONDecodeError:
+            return  # being rewritten by a checkpoint writer: it names a version no newer than what exists
+        if int(pointer.get("version", -1)) > self.version:
+            raise LogChanged(self.path, int(pointer["version"]), "a checkpoint is newer than the entries read")
 
     def append(self, adds: Sequence[Mapping[str, Any]], *, app_id: str, txn_version: int,
                commit_info: Mapping[str, Any], committed: int | None) -> tuple[int, bytes] | None:

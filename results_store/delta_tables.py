@@ -197,6 +197,7 @@ class TableHandle:
     def reopen(self, table: DeltaTable | None = None) -> None:
         """Start again from ``table`` (default: the table as it is now)."""
         self.table = table if table is not None else DeltaTable(str(self.path))
+        self._opened_txns: dict[str, int | None] = {}
         self.checkpoint_interval = int(self.table.metadata().configuration.get("delta.checkpointInterval") or 100)
         self.tail = (LogTail(self.path, self.table.version(), list(self.table.metadata().partition_columns))
                      if _appends_by_hand(self.table) else None)
@@ -218,8 +219,11 @@ class TableHandle:
         return self.opened_committed(app_id)
 
     def opened_committed(self, app_id: str) -> int | None:
-        """``app_id``'s application-transaction version in the snapshot this handle opened."""
-        return self.table.transaction_version(app_id)
+        """``app_id``'s application-transaction version in the snapshot this handle opened (delta-rs
+        replays the log's transactions to answer, so it is asked once per run)."""
+        if app_id not in self._opened_txns:
+            self._opened_txns[app_id] = self.table.transaction_version(app_id)
+        return self._opened_txns[app_id]
 
 
 def _appends_by_hand(table: DeltaTable) -> bool:
@@ -278,8 +282,10 @@ def append_exactly_once(
     with storage_errors("append", path):
         if table is not None:
             if table.tail is not None:
-                with contextlib.suppress(LogChanged):  # the commit below goes through delta-rs then
+                try:
                     table.tail.catch_up()
+                except LogChanged:
+                    table.reopen()
             committed = table.committed(run_id)
         else:
             committed = committed_txn_version(path, run_id)
@@ -370,12 +376,14 @@ def commit_run_files(
     write once the commit's latency no longer counts (the live policy does, results_store/compaction.py).
     """
     with storage_errors("commit", path):
-        if table is not None and table.tail is not None:
+        for _ in range(_REOPENS):
+            if table is None or table.tail is None:
+                break
             try:
                 return _append_by_hand(path, table, table.tail, files, run_id=run_id, last_timestep=last_timestep,
                                        metadata=metadata, with_checkpoint=checkpoint)
             except LogChanged:
-                table.tail = None  # this commit goes through delta-rs, which checks the change
+                table.reopen()  # delta-rs reads the log as it is now: schema, protocol, latest version
         if table is not None:
             delta_table: DeltaTable | None = table.table
             table.table.update_incremental()
@@ -405,13 +413,18 @@ def commit_run_files(
         return version
 
 
+# Reopenings of a handle within one commit before it is left to delta-rs (each follows another
+# writer's schema or protocol change, or a log cleaned up behind the handle).
+_REOPENS = 3
+
+
 def _append_by_hand(path: Path, handle: TableHandle, tail: LogTail, files: Sequence[AddAction], *, run_id: str,
                     last_timestep: int, metadata: dict[str, Any] | None, with_checkpoint: bool) -> int | None:
     """``commit_run_files`` through the handle's log tail; the checkpoint delta-rs would write after it."""
     _, custom = _marked(metadata)
-    app_id = run_app_id(run_id)
-    landed = tail.append([_add_action(add) for add in files], app_id=app_id, txn_version=last_timestep,
-                         commit_info=custom, committed=handle.opened_committed(app_id))
+    tail.catch_up()  # first: a log cleaned up behind the handle raises before its old snapshot is asked
+    landed = tail.append([_add_action(add) for add in files], app_id=run_app_id(run_id), txn_version=last_timestep,
+                         commit_info=custom, committed=handle.committed(run_id))
     if landed is None:
         return None
     version, data = landed

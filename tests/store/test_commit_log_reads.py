@@ -260,7 +260,9 @@ def test_a_table_whose_protocol_asks_more_of_a_writer_is_committed_by_delta_rs(t
     assert str(_log_entry(path, 2)[0]["commitInfo"]["engineInfo"]).startswith("delta-rs")  # type: ignore[index]
 
 
-def test_a_schema_change_by_another_writer_sends_the_next_commit_through_delta_rs(tmp_path: Path) -> None:
+def test_a_schema_change_by_another_writer_is_read_before_the_next_commit(tmp_path: Path) -> None:
+    """Another writer widens the schema: the handle reopens the table as it is now (delta-rs reads
+    the new metadata) before it appends, and the append lands after that writer's commit."""
     path = tmp_path / "t"
     schema = pa.schema([("run_id", pa.string()), ("timestep", pa.int64()), ("value", pa.float64())])
     write_deltalake(str(path), pa.table({"run_id": ["seed"], "timestep": [0], "value": [1.0]}, schema=schema),
@@ -275,8 +277,10 @@ def test_a_schema_change_by_another_writer_sends_the_next_commit_through_delta_r
     version = delta_tables.commit_run_files(path, [delta_tables.close_run_file(file)], run_id="r", last_timestep=1,
                                             schema=schema, table=handle)
     assert version == 2
-    assert str(_log_entry(path, 2)[0]["commitInfo"]["engineInfo"]).startswith("delta-rs")  # type: ignore[index]
-    assert DeltaTable(str(path)).to_pyarrow_table().num_rows == 3
+    assert "note" in handle.table.schema().to_arrow().names  # the handle read the new metadata
+    rows = DeltaTable(str(path)).to_pyarrow_table()
+    assert rows.num_rows == 3
+    assert rows.filter(pa.compute.equal(rows["run_id"], "r"))["note"].to_pylist() == [None]
 
 
 def test_a_read_only_disk_fails_the_commit_with_a_storage_error_and_leaves_no_version(tmp_path: Path) -> None:
@@ -302,3 +306,40 @@ def test_a_read_only_disk_fails_the_commit_with_a_storage_error_and_leaves_no_ve
         assert str(path) in str(raised.value.details)
         assert DeltaTable(str(path)).version() == 0
         assert not [n for n in os.listdir(path / "_delta_log") if n.endswith(".tmp")]
+
+
+def test_a_handle_left_behind_a_cleaned_up_log_commits_after_the_latest_version_not_into_the_gap(
+        tmp_path: Path) -> None:
+    """A handle unused past the log's retention: the entries after its version were deleted behind a
+    checkpoint. Its next commit must land after the latest version (delta-rs finds it), never as a
+    version the clean-up removed."""
+    path = tmp_path / "t"
+    schema = pa.schema([("run_id", pa.string()), ("timestep", pa.int64()), ("value", pa.float64())])
+    write_deltalake(str(path), pa.table({"run_id": ["seed"], "timestep": [0], "value": [1.0]}, schema=schema),
+                    partition_by=["run_id"], configuration={"delta.logRetentionDuration": "interval 1 hours"})
+    stale = delta_tables.open_handle(path)
+    assert stale is not None and stale.version == 0
+    for step in range(1, 13):
+        write_deltalake(str(path), pa.table({"run_id": ["other"], "timestep": [step], "value": [1.0]}, schema=schema),
+                        mode="append", partition_by=["run_id"])
+    table = DeltaTable(str(path))
+    table.create_checkpoint()
+    hours_ago = os.stat(path / "_delta_log").st_mtime - 2 * 3600
+    for name in os.listdir(path / "_delta_log"):
+        if name.endswith(".json") and int(name.split(".")[0]) < 12:
+            os.utime(path / "_delta_log" / name, (hours_ago, hours_ago))
+    table.cleanup_metadata()
+    assert not (path / "_delta_log" / delta_tables_log_name(1)).exists()
+
+    file = delta_tables.open_run_file(path, "r", schema)
+    file.write(pa.table({"run_id": ["r"], "timestep": [1], "value": [2.0]}, schema=schema))
+    version = delta_tables.commit_run_files(path, [delta_tables.close_run_file(file)], run_id="r", last_timestep=1,
+                                            schema=schema, table=stale)
+    assert version == 13
+    assert not (path / "_delta_log" / delta_tables_log_name(1)).exists()
+    assert DeltaTable(str(path)).to_pyarrow_table().num_rows == 14
+    assert stale.direct and stale.version == 13  # reopened, then appended by version
+
+
+def delta_tables_log_name(version: int) -> str:
+    return f"{version:020d}.json"
