@@ -118,6 +118,8 @@ def patch_module(timers: Timers) -> Callable[[], None]:
         (delta_tables, "_record", "commit:   record the checksum manifest", False),
         (checksums, "find_commit", "commit:     find the commit in the log", False),
         (checksums, "record_commit", "commit:     hash and write the entry", False),
+        (delta_tables, "checkpoint", "background: one table's checkpoint (CPU: its thread's)", False),
+        (delta_tables, "compact_run", "compaction:   one table's merge", False),
         (LiveDurability, "_append", "ack: WAL append in its thread (lock wait + append)", False),
         (WriteAheadLog, "append", "ack:   WriteAheadLog.append (write + fsync)", False),
         (WriteAheadLog, "_fsync_dir", "ack:     fsync of the WAL directory (new segment)", False),

@@ -12,10 +12,17 @@ files nothing vacuumed. The live policy (:class:`LiveCompaction`) instead:
 - **compacts the day** when the run's data rolls over into a new UTC day
   (``select="uncompacted"``, into one ``compacted-…`` file per day): a second rewrite.
 
-It also keeps each table's log **checkpointed** every ``CHECKPOINT_INTERVAL`` versions for the live
-commits, which leave that to it: every table reaches a boundary at the same commit, and ten
-checkpoints inside it made it the slowest of ten. Here they are written in the background, of the
-boundary version, while the next commits go on.
+It also keeps each table's log **checkpointed** for the live commits, which leave that to it: every
+table reaches a boundary at the same commit, and ten checkpoints inside it made it the slowest of
+ten. Here they are written in the background, of a boundary version (every ``CHECKPOINT_INTERVAL``
+versions), while the next commits go on; a table's next one no sooner than ``checkpoint_seconds``
+after its last, nor than ``checkpoint_cost_factor`` times what its last took. A checkpoint lists and
+reads the log (delta-rs), so its cost grows with the log: 23 ms at 100 versions, 44 ms at 6,000
+(bench/bench_log_growth.py). Every 10 versions at 10 snapshots/s, the ten tables' checkpoints were a
+third of the live path's CPU; now a table is checkpointed at most every 10 s, which at 1 snapshot/s
+is every 10 versions still, and its checkpoints take at most ~1% of the time, however long its log.
+The store's own commits do not read the log from a checkpoint (``results_store.delta_log``); a reader
+opening the table replays at most the versions of those seconds.
 
 A run that ends with its day (the every-minute deployment names one run per UTC day) never sees
 the roll-over itself: the next day's run does, at its first commit, and compacts the live runs
@@ -31,6 +38,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
+from time import monotonic
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -40,7 +48,8 @@ from results_store import checksums, delta_tables
 from schemas.modes import Compression
 from schemas.store_tables import RAW_SNAPSHOTS
 
-__all__ = ["CHECKPOINT_INTERVAL", "LIVE_MERGE_FILES", "LiveCompaction", "is_append", "last_timestamp_us", "run_last_day"]
+__all__ = ["CHECKPOINT_COST_FACTOR", "CHECKPOINT_INTERVAL", "CHECKPOINT_SECONDS", "LIVE_MERGE_FILES", "LiveCompaction",
+           "is_append", "last_timestamp_us", "run_last_day"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -51,6 +60,10 @@ _R = TypeVar("_R")
 LIVE_MERGE_FILES = 32
 # The tables' checkpoint interval: a checkpoint at every version v with (v + 1) % CHECKPOINT_INTERVAL == 0.
 CHECKPOINT_INTERVAL = delta_tables.CHECKPOINT_INTERVAL
+# ... but per table no sooner than this many seconds after its last one (the policy's default) ...
+CHECKPOINT_SECONDS = 10.0
+# ... nor than this many times what its last one took: background checkpoints stay ~1% of the time.
+CHECKPOINT_COST_FACTOR = 100.0
 # Tables compacted side by side. Every table of a run reaches the merge threshold at the same commit
 # (each batch commits to all of them), and one after the other the ten merges held that commit's
 # successor for ~0.7 s (bench/bench_live.py); pyarrow and delta-rs work outside the GIL.
@@ -103,6 +116,11 @@ class LiveCompaction:
     checkpointed: dict[str, int] = field(default_factory=dict)
     checkpoints: list[tuple[str, int]] = field(default_factory=list)
     commits: int = 0  # commits told of: whose turn it is to merge (``_turn``)
+    checkpoint_seconds: float = CHECKPOINT_SECONDS
+    checkpoint_cost_factor: float = CHECKPOINT_COST_FACTOR
+    clock: Callable[[], float] = field(default=monotonic, repr=False)  # when checkpoints are due (tests pass their own)
+    # Per table, the clock's time before which no checkpoint is started.
+    _next_checkpoint: dict[str, float] = field(default_factory=dict, repr=False)
     # Checkpoints are written off the commit path, one table after the other (``_checkpoint``).
     _background: ThreadPoolExecutor | None = field(default=None, repr=False)
     _pending: list[Future[None]] = field(default_factory=list, repr=False)
@@ -183,12 +201,17 @@ class LiveCompaction:
 
     def _checkpoint(self, versions: Mapping[str, int]) -> None:
         """Checkpoint, in the background, each table whose commit passed a checkpoint boundary without
-        one being written: of the boundary version itself, which no commit in flight touches."""
+        one being written: of the boundary version itself, which no commit in flight touches. A table
+        checkpointed too recently waits for a later boundary."""
         due = []
+        now = self.clock()
         for name, version in versions.items():
             boundary = version - (version + 1) % CHECKPOINT_INTERVAL
             if boundary < 0 or boundary <= self.checkpointed.get(name, -1):
                 continue
+            if now < self._next_checkpoint.get(name, now):
+                continue
+            self._next_checkpoint[name] = now + self.checkpoint_seconds
             self.checkpointed[name] = boundary
             path = self.table_paths[name]
             if not (path / checksums.LOG_DIR / f"{boundary:020d}.checkpoint.parquet").exists():
@@ -203,11 +226,16 @@ class LiveCompaction:
 
     def _write_checkpoints(self, due: Sequence[tuple[str, int]]) -> None:
         for name, boundary in due:
+            started = monotonic()  # what it took, in real time whatever ``clock`` is
             try:
                 made = delta_tables.checkpoint(self.table_paths[name], boundary)
             except Exception as exc:  # the commit stands; a missing checkpoint only costs log replay
                 self.errors.append(f"checkpoint {name} at {boundary}: {exc}")
                 continue
+            finally:
+                ended = self.clock()
+                self._next_checkpoint[name] = max(self._next_checkpoint.get(name, ended),
+                                                  ended + self.checkpoint_cost_factor * (monotonic() - started))
             if made is not None:
                 self.checkpoints.append((name, made))
 

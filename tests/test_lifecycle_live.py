@@ -72,11 +72,14 @@ class _Day:
         entries = [(i, ts.value // 1000, ts, snapshot, 0.0) for i, (ts, snapshot) in enumerate(engine.iter_snapshots())]
         self.raw = self.writer.prepare(entries).tables[RAW_SNAPSHOTS]
         self.steps = self.raw.column("timestep").to_numpy()
-        self.policy = LiveCompaction(self.paths, run_id)
+        # One collection a minute, on the policy's clock too (its checkpoints are due by time as well).
+        self.minute = 0
+        self.policy = LiveCompaction(self.paths, run_id, clock=lambda: self.minute * 60.0)
         self.policy.start()  # as the store does before a run's first commit
 
     def collect(self, minute: int) -> None:
         """One collection: the minute's snapshot committed, then the policy told of it."""
+        self.minute = minute
         lo, hi = np.searchsorted(self.steps, minute), np.searchsorted(self.steps, minute, side="right")
         batch = self.raw.slice(int(lo), int(hi - lo))
         outcome = self.writer.commit(PreparedBatch(minute, minute, 1, {RAW_SNAPSHOTS: batch}, 0))

@@ -17,7 +17,7 @@ import pytest
 from deltalake import PostCommitHookProperties
 
 from results_store import checksums, delta_tables
-from results_store.compaction import CHECKPOINT_INTERVAL, LiveCompaction
+from results_store.compaction import CHECKPOINT_COST_FACTOR, CHECKPOINT_INTERVAL, LiveCompaction
 from results_store.simulator.reference import ReferenceEngine
 from results_store.store import ResultsStore
 from schemas.modes import load_mode
@@ -49,8 +49,11 @@ def test_a_live_table_has_a_checkpoint_every_interval_and_only_one(
         monkeypatch.setattr(delta_tables, "_HOOKS",
                             PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False))
     path = tmp_path / "live" / "values"
-    policy = LiveCompaction({"values": path}, "r1", merge_files=STEPS + 1)
+    now = [0.0]  # one commit a second: a checkpoint is due at every boundary
+    policy = LiveCompaction({"values": path}, "r1", merge_files=STEPS + 1, clock=lambda: now[0],
+                            checkpoint_cost_factor=0.0)
     for step in range(STEPS):
+        now[0] = float(step)
         version = delta_tables.append_exactly_once(path, _rows(step), run_id="r1", last_timestep=step)
         assert version is not None
         policy.after_commit({"values": version}, None)
@@ -103,12 +106,14 @@ async def test_a_live_store_writes_each_tables_checkpoint_in_the_background_not_
     engine = ReferenceEngine(mode, "2024-01-01", "2024-01-02", "1min", seed=7)
     settings = load_settings(mode, data_dir=tmp_path, execution_mode="live", tune_allocators=False)
     store = ResultsStore(mode, "live", data_dir=tmp_path, run_id="cp", settings=settings)
+    policy = store._live_compaction
+    assert policy is not None
+    policy.clock = lambda: policy.commits * 60.0  # a collection a minute, whatever the test's pace
     async with store:
         for step, (stamp, snapshot) in enumerate(itertools.islice(engine.iter_snapshots(), 2 * CHECKPOINT_INTERVAL)):
             await store.store_timestep_results(stamp, snapshot)
             await _committed(store, step)  # one commit per snapshot: versions 1, 2, ...
-    policy = store._live_compaction
-    assert policy is not None and not policy.errors
+    assert not policy.errors
     boundaries = [CHECKPOINT_INTERVAL - 1, 2 * CHECKPOINT_INTERVAL - 1]
     tables = sorted(store.table_paths)
     for boundary in boundaries:  # each made by the policy (no commit wrote one), of the boundary version
@@ -116,3 +121,51 @@ async def test_a_live_store_writes_each_tables_checkpoint_in_the_background_not_
     for name in tables:
         assert _checkpoints(store.table_paths[name]) == [f"{v:020d}.checkpoint.parquet" for v in boundaries]
     assert checksums.verify(tmp_path, ["live"], all_versions=True, in_flight_seconds=0).ok
+
+
+# At 8 commits a second: the newest boundary once 2 s have passed since the last checkpoint began:
+# version 9 at 1.0 s, 19 at 3.0 s (committing version 25), 39 at 5.0 s (41), 49 at 7.0 s (57).
+@pytest.mark.parametrize(("seconds_per_commit", "checkpointed"), [(1.0, [9, 19, 29, 39, 49, 59]),
+                                                                  (0.125, [9, 19, 39, 49])])
+def test_a_table_is_checkpointed_every_ten_versions_but_no_more_often_than_every_checkpoint_seconds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seconds_per_commit: float, checkpointed: list[int]) -> None:
+    """A checkpoint lists and reads the log (delta-rs), so it costs more as the log grows: at ten
+    commits a second, every ten versions made the ten tables' checkpoints a third of the live CPU.
+    A table's next checkpoint waits ``checkpoint_seconds`` (here 2 s) after its last began."""
+    monkeypatch.setattr(delta_tables, "_HOOKS", PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False))
+    path = tmp_path / "live" / "values"
+    now = [0.0]
+    policy = LiveCompaction({"values": path}, "r1", merge_files=10_000, checkpoint_seconds=2.0,
+                            checkpoint_cost_factor=0.0, clock=lambda: now[0])
+    for step in range(6 * CHECKPOINT_INTERVAL - 1):  # versions 1..59
+        now[0] = step * seconds_per_commit
+        version = delta_tables.append_exactly_once(path, _rows(step), run_id="r1", last_timestep=step)
+        assert version is not None
+        policy.after_commit({"values": version}, None)
+    policy.close()
+
+    assert [version for _, version in policy.checkpoints] == checkpointed
+    assert _checkpoints(path) == [f"{v:020d}.checkpoint.parquet" for v in checkpointed]
+    assert checksums.verify(tmp_path, ["live"], all_versions=True, in_flight_seconds=0).ok
+
+
+def test_a_tables_next_checkpoint_waits_a_hundred_times_what_its_last_took(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However long the log (a checkpoint of a week's log at one snapshot a second lists 600,000
+    files), background checkpoints take a bounded share of the time: after one that took t seconds,
+    the next waits 100 t. Here the clock advances an hour a commit and the factor is a billion."""
+    monkeypatch.setattr(delta_tables, "_HOOKS", PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False))
+    assert CHECKPOINT_COST_FACTOR == 100.0
+    path = tmp_path / "live" / "values"
+    now = [0.0]
+    policy = LiveCompaction({"values": path}, "r1", merge_files=10_000, checkpoint_seconds=0.0,
+                            checkpoint_cost_factor=1e9, clock=lambda: now[0])
+    for step in range(3 * CHECKPOINT_INTERVAL - 1):  # versions 1..29
+        now[0] = step * 3600.0
+        version = delta_tables.append_exactly_once(path, _rows(step), run_id="r1", last_timestep=step)
+        assert version is not None
+        policy.after_commit({"values": version}, None)
+        policy.wait_checkpoints()  # the next commit sees when the last checkpoint ended
+    policy.close()
+
+    assert [version for _, version in policy.checkpoints] == [9]
