@@ -16,13 +16,13 @@ It also keeps each table's log **checkpointed** for the live commits, which leav
 table reaches a boundary at the same commit, and ten checkpoints inside it made it the slowest of
 ten. Here they are written in the background, of a boundary version (every ``CHECKPOINT_INTERVAL``
 versions), while the next commits go on; a table's next one no sooner than ``checkpoint_seconds``
-after its last, nor than ``checkpoint_cost_factor`` times what its last took. A checkpoint lists and
-reads the log (delta-rs), so its cost grows with the log: 23 ms at 100 versions, 44 ms at 6,000
-(bench/bench_log_growth.py). Every 10 versions at 10 snapshots/s, the ten tables' checkpoints were a
-third of the live path's CPU; now a table is checkpointed at most every 10 s, which at 1 snapshot/s
-is every 10 versions still, and its checkpoints take at most ~1% of the time, however long its log.
-The store's own commits do not read the log from a checkpoint (``results_store.delta_log``); a reader
-opening the table replays at most the versions of those seconds.
+after its last began, nor than ``checkpoint_cost_factor`` times what its last took. A checkpoint
+lists and reads the log (delta-rs), so its cost grows with the log: 23 ms at 100 versions, 44 ms at
+6,000 (bench/bench_log_growth.py), and a week's log at one snapshot a second is 600,000 versions.
+The cost factor keeps the background checkpoints of a table under ~2% of the time however long its
+log. A shorter cadence than the log's is not taken: checkpoints every 10 s at 10 snapshots/s cut
+the live CPU by a tenth, but each merge (delta-rs, inside the commit task) then replayed up to 100
+log entries and the 10/s tail doubled (bench/bench_live.py: p99 181 vs 48-63 ms).
 
 A run that ends with its day (the every-minute deployment names one run per UTC day) never sees
 the roll-over itself: the next day's run does, at its first commit, and compacts the live runs
@@ -61,9 +61,9 @@ LIVE_MERGE_FILES = 32
 # The tables' checkpoint interval: a checkpoint at every version v with (v + 1) % CHECKPOINT_INTERVAL == 0.
 CHECKPOINT_INTERVAL = delta_tables.CHECKPOINT_INTERVAL
 # ... but per table no sooner than this many seconds after its last one (the policy's default) ...
-CHECKPOINT_SECONDS = 10.0
-# ... nor than this many times what its last one took: background checkpoints stay ~1% of the time.
-CHECKPOINT_COST_FACTOR = 100.0
+CHECKPOINT_SECONDS = 1.0
+# ... nor than this many times what its last one took: background checkpoints stay ~2% of the time.
+CHECKPOINT_COST_FACTOR = 50.0
 # Tables compacted side by side. Every table of a run reaches the merge threshold at the same commit
 # (each batch commits to all of them), and one after the other the ten merges held that commit's
 # successor for ~0.7 s (bench/bench_live.py); pyarrow and delta-rs work outside the GIL.
