@@ -19,10 +19,11 @@ versions), while the next commits go on; a table's next one no sooner than ``che
 after its last began, nor than ``checkpoint_cost_factor`` times what its last took. A checkpoint
 lists and reads the log (delta-rs), so its cost grows with the log: 23 ms at 100 versions, 44 ms at
 6,000 (bench/bench_log_growth.py), and a week's log at one snapshot a second is 600,000 versions.
-The cost factor keeps the background checkpoints of a table under ~2% of the time however long its
-log. A shorter cadence than the log's is not taken: checkpoints every 10 s at 10 snapshots/s cut
-the live CPU by a tenth, but each merge (delta-rs, inside the commit task) then replayed up to 100
-log entries and the 10/s tail doubled (bench/bench_live.py: p99 181 vs 48-63 ms).
+The cost factor keeps a table's background checkpoints under ~5% of the time however long its log,
+and a table never has a second checkpoint queued behind one not yet written. A sparser cadence is
+not taken while checkpoints are cheap: every 10 s at 10 snapshots/s cut the live CPU by a tenth, but
+each merge (delta-rs, inside the commit task) then replayed up to 100 log entries and the 10/s tail
+tripled (bench/bench_live.py: p99 181 vs 48-63 ms; 141 ms at a factor of 50, which skipped some).
 
 A run that ends with its day (the every-minute deployment names one run per UTC day) never sees
 the roll-over itself: the next day's run does, at its first commit, and compacts the live runs
@@ -62,8 +63,9 @@ LIVE_MERGE_FILES = 32
 CHECKPOINT_INTERVAL = delta_tables.CHECKPOINT_INTERVAL
 # ... but per table no sooner than this many seconds after its last one (the policy's default) ...
 CHECKPOINT_SECONDS = 1.0
-# ... nor than this many times what its last one took: background checkpoints stay ~2% of the time.
-CHECKPOINT_COST_FACTOR = 50.0
+# ... nor than this many times what its last one took: a table's background checkpoints stay under
+# ~5% of the time (and the one background thread under one core), however long the log.
+CHECKPOINT_COST_FACTOR = 20.0
 # Tables compacted side by side. Every table of a run reaches the merge threshold at the same commit
 # (each batch commits to all of them), and one after the other the ten merges held that commit's
 # successor for ~0.7 s (bench/bench_live.py); pyarrow and delta-rs work outside the GIL.
@@ -121,6 +123,8 @@ class LiveCompaction:
     clock: Callable[[], float] = field(default=monotonic, repr=False)  # when checkpoints are due (tests pass their own)
     # Per table, the clock's time before which no checkpoint is started.
     _next_checkpoint: dict[str, float] = field(default_factory=dict, repr=False)
+    # Tables whose checkpoint is submitted and not written yet: never a second one queued behind it.
+    _writing: set[str] = field(default_factory=set, repr=False)
     # Checkpoints are written off the commit path, one table after the other (``_checkpoint``).
     _background: ThreadPoolExecutor | None = field(default=None, repr=False)
     _pending: list[Future[None]] = field(default_factory=list, repr=False)
@@ -209,13 +213,14 @@ class LiveCompaction:
             boundary = version - (version + 1) % CHECKPOINT_INTERVAL
             if boundary < 0 or boundary <= self.checkpointed.get(name, -1):
                 continue
-            if now < self._next_checkpoint.get(name, now):
+            if now < self._next_checkpoint.get(name, now) or name in self._writing:
                 continue
             self._next_checkpoint[name] = now + self.checkpoint_seconds
             self.checkpointed[name] = boundary
             path = self.table_paths[name]
             if not (path / checksums.LOG_DIR / f"{boundary:020d}.checkpoint.parquet").exists():
                 due.append((name, boundary))  # one stat per table per interval when the commits wrote theirs
+                self._writing.add(name)
         if not due:
             return
         if self._background is None:
@@ -233,6 +238,7 @@ class LiveCompaction:
                 self.errors.append(f"checkpoint {name} at {boundary}: {exc}")
                 continue
             finally:
+                self._writing.discard(name)
                 ended = self.clock()
                 self._next_checkpoint[name] = max(self._next_checkpoint.get(name, ended),
                                                   ended + self.checkpoint_cost_factor * (monotonic() - started))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -148,13 +149,13 @@ def test_a_table_is_checkpointed_every_ten_versions_but_no_more_often_than_every
     assert checksums.verify(tmp_path, ["live"], all_versions=True, in_flight_seconds=0).ok
 
 
-def test_a_tables_next_checkpoint_waits_fifty_times_what_its_last_took(
+def test_a_tables_next_checkpoint_waits_twenty_times_what_its_last_took(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """However long the log (a checkpoint of a week's log at one snapshot a second lists 600,000
     files), background checkpoints take a bounded share of the time: after one that took t seconds,
-    the next waits 50 t. Here the clock advances an hour a commit and the factor is a billion."""
+    the next waits 20 t. Here the clock advances an hour a commit and the factor is a billion."""
     monkeypatch.setattr(delta_tables, "_HOOKS", PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False))
-    assert CHECKPOINT_COST_FACTOR == 50.0
+    assert CHECKPOINT_COST_FACTOR == 20.0
     path = tmp_path / "live" / "values"
     now = [0.0]
     policy = LiveCompaction({"values": path}, "r1", merge_files=10_000, checkpoint_seconds=0.0,
@@ -165,6 +166,34 @@ def test_a_tables_next_checkpoint_waits_fifty_times_what_its_last_took(
         assert version is not None
         policy.after_commit({"values": version}, None)
         policy.wait_checkpoints()  # the next commit sees when the last checkpoint ended
+    policy.close()
+
+    assert [version for _, version in policy.checkpoints] == [9]
+
+
+def test_a_table_never_has_a_second_checkpoint_queued_behind_one_not_yet_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint that takes longer than the boundaries come (a long log) does not pile up work:
+    boundaries that pass while the table's checkpoint is being written are not queued."""
+    monkeypatch.setattr(delta_tables, "_HOOKS", PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False))
+    path = tmp_path / "live" / "values"
+    release = threading.Event()
+    real_checkpoint = delta_tables.checkpoint
+
+    def slow_checkpoint(where: Path, version: int | None = None) -> int | None:
+        release.wait(30)  # held until the commits below are done
+        return real_checkpoint(where, version)
+
+    monkeypatch.setattr(delta_tables, "checkpoint", slow_checkpoint)
+    now = [0.0]
+    policy = LiveCompaction({"values": path}, "r1", merge_files=10_000, checkpoint_seconds=0.0,
+                            checkpoint_cost_factor=0.0, clock=lambda: now[0])
+    for step in range(3 * CHECKPOINT_INTERVAL - 1):  # versions 1..29: boundaries 9, 19 and 29
+        now[0] = float(step)
+        version = delta_tables.append_exactly_once(path, _rows(step), run_id="r1", last_timestep=step)
+        assert version is not None
+        policy.after_commit({"values": version}, None)
+    release.set()
     policy.close()
 
     assert [version for _, version in policy.checkpoints] == [9]
