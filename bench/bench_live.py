@@ -18,7 +18,9 @@ in a fresh data directory. Prints, per rate:
   machine slows them).
 
 Run: ``.venv/bin/python bench/bench_live.py`` (3 minutes at 1/s, 1 minute at 10/s; add
-``--seconds-1hz 30 --seconds-10hz 15`` for a quick look, or ``--rates 10`` for one rate).
+``--seconds-1hz 30 --seconds-10hz 15`` for a quick look, or ``--rates 10`` for one rate;
+``--unsynced-baseline`` runs each rate again without the store's fsyncs of its commits, which
+results_store/durable_files.py explains, and prints what they cost).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import functools
 import gc
 import os
@@ -33,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +51,7 @@ os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", ALLOCATOR_ENV["ARROW_DEFAULT_
 import numpy as np  # noqa: E402
 
 from results_store import batch_writer as batch_writer_module  # noqa: E402
-from results_store import checksums, delta_tables  # noqa: E402
+from results_store import checksums, delta_tables, durable_files  # noqa: E402
 from results_store.batch_writer import PreparedBatch  # noqa: E402
 from results_store.events import EventLog  # noqa: E402
 from results_store.live import LiveDurability  # noqa: E402
@@ -118,6 +121,8 @@ def patch_module(timers: Timers) -> Callable[[], None]:
         (delta_tables, "_record", "commit:   record the checksum manifest", False),
         (checksums, "find_commit", "commit:     find the commit in the log", False),
         (checksums, "record_commit", "commit:     hash and write the entry", False),
+        (durable_files, "sync_file", "commit:     one fsync of a file or directory (any thread)", False),
+        (durable_files, "write_synced", "commit:     write + fsync a staged log or checksum entry", False),
         (delta_tables, "checkpoint", "background: one table's checkpoint (CPU: its thread's)", False),
         (delta_tables, "compact_run", "compaction:   one table's merge", False),
         (LiveDurability, "_append", "ack: WAL append in its thread (lock wait + append)", False),
@@ -297,6 +302,34 @@ def _order(name: str) -> tuple[int, str]:
     return next((i for i, p in enumerate(prefixes) if name.startswith(p)), len(prefixes)), name
 
 
+@contextlib.contextmanager
+def unsynced() -> Iterator[None]:
+    """The store as it was before it synced its commits (results_store/durable_files.py): files are
+    written, linked and renamed, none fsynced. The baseline that prices the syncs, nothing to run."""
+    saved = durable_files.sync_file, durable_files.write_synced
+
+    def write(path: Path, data: bytes) -> None:
+        with open(path, "xb") as handle:
+            handle.write(data)
+
+    durable_files.sync_file = lambda path: None  # type: ignore[assignment]
+    durable_files.write_synced = write  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        durable_files.sync_file, durable_files.write_synced = saved
+
+
+def compare(synced: dict[str, Any], baseline: dict[str, Any]) -> None:
+    """Synced figures against the unsynced baseline of the same rate, run right after in this process."""
+    print(f"\n== {synced['rate']:g} snapshot/s: synced commits vs the unsynced baseline (same process, run after)")
+    for label, key in (("ack", "ack_s"), ("ack -> committed", "to_commit_s")):
+        s50, s99, _ = percentiles(np.array(synced[key]) * 1000)
+        b50, b99, _ = percentiles(np.array(baseline[key]) * 1000)
+        print(f"  {label:<18} p50 {s50:7.2f} vs {b50:7.2f} ms ({s50 / b50:4.2f}x)   "
+              f"p99 {s99:7.2f} vs {b99:7.2f} ms ({s99 / b99:4.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds-1hz", type=float, default=180.0, help="seconds fed at 1 snapshot/s")
@@ -304,6 +337,8 @@ def main() -> None:
     parser.add_argument("--rates", default="1,10", help="comma-separated rates to run (of 1 and 10)")
     parser.add_argument("--warmup", type=int, default=3, help="first snapshots not counted")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--unsynced-baseline", action="store_true",
+                        help="run each rate again without the store's fsyncs of its commits, and compare")
     args = parser.parse_args()
     seconds = {1.0: args.seconds_1hz, 10.0: args.seconds_10hz}
     print(f"live: {MODE} (all 8 result types + raw_snapshots + quarantine), reference engine snapshots, "
@@ -312,6 +347,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
             result = asyncio.run(run_rate(rate, seconds.get(rate, 60.0), args.warmup, Path(tmp), args.seed))
         report(result)
+        if args.unsynced_baseline:
+            with unsynced(), tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
+                baseline = asyncio.run(run_rate(rate, seconds.get(rate, 60.0), args.warmup, Path(tmp), args.seed))
+            print("\n(unsynced baseline)")
+            report(baseline)
+            compare(result, baseline)
 
 
 if __name__ == "__main__":

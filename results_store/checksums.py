@@ -48,6 +48,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from results_store import durable_files
 from schemas.errors import ComponentError
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "Problem",
     "TableReport",
     "VerifyReport",
+    "added_paths",
     "adopt",
     "commit_marker",
     "expired_log_files",
@@ -206,7 +208,8 @@ def _digest(body: dict[str, Any]) -> str:
 
 
 def _write_entry(table_dir: Path, name: str, body: dict[str, Any]) -> Path:
-    """Write one manifest entry atomically (a reader never sees half of it)."""
+    """Write one manifest entry atomically (a reader never sees half of it, nor after a power cut an
+    empty one: it is on disk before it is renamed into place)."""
     directory = table_dir / MANIFEST_DIR
     content = {**body, "format": 1}
     content["digest"] = _digest(content)
@@ -215,11 +218,12 @@ def _write_entry(table_dir: Path, name: str, body: dict[str, Any]) -> Path:
     temporary = directory / f".tmp-{uuid.uuid4().hex}"
     try:
         try:
-            temporary.write_bytes(data)
+            durable_files.write_synced(temporary, data)
         except FileNotFoundError:  # the table's first entry: the directory is made once, not checked per commit
             directory.mkdir(parents=True, exist_ok=True)
-            temporary.write_bytes(data)
+            durable_files.write_synced(temporary, data)
         os.replace(temporary, target)
+        durable_files.sync_dir(directory)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -328,6 +332,11 @@ def _parse_log(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]], list[
         elif "remove" in action:
             removes.append(action["remove"])
     return info, adds, removes
+
+
+def added_paths(log_bytes: bytes) -> list[str]:
+    """The paths of the files one commit file adds, as its log spells them."""
+    return [str(add["path"]) for add in _parse_log(log_bytes)[1]]
 
 
 def find_commit(table_dir: Path, after_version: int, marker: str) -> tuple[int, bytes]:

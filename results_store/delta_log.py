@@ -32,7 +32,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["LOG_DIR", "LogChanged", "LogTail", "log_name"]
+from results_store import durable_files
+
+__all__ = ["LAST_CHECKPOINT", "LOG_DIR", "LogChanged", "LogTail", "log_name"]
 
 LOG_DIR = "_delta_log"
 LAST_CHECKPOINT = "_last_checkpoint"
@@ -121,11 +123,12 @@ class LogTail:
         lines += [orjson.dumps({"add": add}) for add in adds]
         lines.append(orjson.dumps({"txn": {"appId": app_id, "version": txn_version}}))
         data = b"\n".join(lines) + b"\n"
-        # Complete before it is linked in: a reader never sees half an entry. delta-rs names its own
-        # staging files so, and the log's readers skip them.
+        # Complete and on disk before it is linked in: a reader never sees half an entry, and a power cut
+        # never leaves an empty one (results_store/durable_files.py). delta-rs names its own staging
+        # files so, and the log's readers skip them.
         staged = self.log / f"_commit_{uuid.uuid4()}.json.tmp"
-        staged.write_bytes(data)
         try:
+            durable_files.write_synced(staged, data)
             while True:
                 self.catch_up()
                 seen = self.txns.get(app_id, committed)
@@ -138,6 +141,7 @@ class LogTail:
                     continue  # another writer took it: read its entry, try the one after
                 self.version = target
                 self.txns[app_id] = txn_version
+                durable_files.sync_dir(self.log)  # the new name: the commit is done once it is on disk
                 return target, data
         finally:
             staged.unlink(missing_ok=True)

@@ -40,8 +40,8 @@ from deltalake import (
 from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMismatchError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction
 
-from results_store import checksums, error_map
-from results_store.delta_log import LogChanged, LogTail
+from results_store import checksums, durable_files, error_map
+from results_store.delta_log import LAST_CHECKPOINT, LogChanged, LogTail
 from results_store.error_map import storage_errors
 from results_store.row_groups import DataFile, file_index, read_ordered
 from schemas.errors import ComponentError
@@ -153,10 +153,45 @@ def _marked(metadata: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
 
 
 def _record(path: Path, after_version: int, marker: str) -> int:
-    """Find the commit marked ``marker`` (after ``after_version``) and record its checksums; its version."""
+    """Find the commit marked ``marker`` (after ``after_version``), sync what it wrote and record its
+    checksums; its version."""
     found, data = checksums.find_commit(path, after_version, marker)
+    _sync_commit(path, found, data)
     checksums.record_commit(path, found, data)
     return found
+
+
+def _sync_commit(path: Path, version: int, log_bytes: bytes) -> None:
+    """Put what a delta-rs commit wrote on disk: its data files, its log entry, and the names of both.
+
+    delta-rs writes without fsync (its local object store), so after a power cut its last commit could
+    be an empty log entry, or name an empty file. The files the store wrote itself are on disk
+    already (``_StatsWriter.close``): a second fsync of them finds nothing to write.
+    """
+    directories = {path / checksums.LOG_DIR}
+    for add in checksums.added_paths(log_bytes):
+        for local in dict.fromkeys((add, unquote(add))):  # on disk as spelled or decoded (checksums._hash_added)
+            try:
+                durable_files.sync_file(path / local)
+            except FileNotFoundError:
+                continue  # the other spelling, or removed since by another writer's vacuum
+            directories.add((path / local).parent)
+            break
+    durable_files.sync_file(path / checksums.LOG_DIR / f"{version:020d}.json")
+    _sync_checkpoint_files(path, version)  # the one delta-rs' post-commit hook wrote, if it did
+    for directory in directories:
+        durable_files.sync_dir(directory)
+
+
+def _sync_checkpoint_files(path: Path, version: int) -> bool:
+    """Sync version's checkpoint and ``_last_checkpoint``, if the checkpoint exists (not the directory)."""
+    try:
+        durable_files.sync_file(path / checksums.LOG_DIR / f"{version:020d}.checkpoint.parquet")
+    except FileNotFoundError:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        durable_files.sync_file(path / checksums.LOG_DIR / LAST_CHECKPOINT)
+    return True
 
 
 def table_exists(path: Path) -> bool:
@@ -772,7 +807,9 @@ class _StatsWriter:
         """``whole_groups``: buffer rows into row groups of ROW_GROUP_ROWS (a compaction); without it
         each ``write`` goes to the file at once, as row groups of at most that size (a streamed append:
         holding a remainder would keep the whole chunk it slices alive)."""
-        (path / directory).mkdir(parents=True, exist_ok=True)
+        self.new_directory = not (path / directory).is_dir()
+        if self.new_directory:
+            (path / directory).mkdir(parents=True, exist_ok=True)
         self.whole_groups = whole_groups
         self.rel = f"{directory}/{name}"
         self.file = path / directory / name
@@ -814,6 +851,11 @@ class _StatsWriter:
         self._flush()
         self.writer.close()
         self.sink.close()
+        # On disk, and named there, before any commit refers to it (results_store/durable_files.py).
+        durable_files.sync_file(self.file)
+        durable_files.sync_dir(self.file.parent)
+        if self.new_directory:
+            durable_files.sync_dir(self.file.parent.parent)
         self.stats.fold_parquet(self.file, skip=self.computed)
         stat = self.file.stat()
         return AddAction(self.rel, stat.st_size, {PARTITION_COLUMN: run_id}, int(stat.st_mtime * 1000), data_change,
@@ -962,8 +1004,9 @@ def checkpoint(path: Path, version: int | None = None) -> int | None:
         if (path / checksums.LOG_DIR / name).exists():
             return None
         table.create_checkpoint()
-        if not (path / checksums.LOG_DIR / name).exists():
+        if not _sync_checkpoint_files(path, current):
             return None
+        durable_files.sync_dir(path / checksums.LOG_DIR)
         checksums.record_files(path, [f"{checksums.LOG_DIR}/{name}"], kind="checkpoint", version=current)
         return current
 

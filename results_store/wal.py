@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from results_store import durable_files
 from results_store.json_policy import default as json_default
 
 __all__ = ["SEGMENT_BYTES", "ZEROS_AHEAD", "WalEntry", "WriteAheadLog"]
@@ -222,11 +223,7 @@ class WriteAheadLog:
             self._fsync_dir()
 
     def _fsync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        durable_files.sync_dir(self.directory)
 
 
 def _lines(segment: Path, start: int) -> Iterator[bytes]:
