@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import functools
 import gc
 import os
@@ -36,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from results_store.allocators import ALLOCATOR_ENV  # noqa: E402
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", ALLOCATOR_ENV["ARROW_DEFAULT_MEMORY_POOL"])
 
 import numpy as np  # noqa: E402
+from bench_store import unsynced  # noqa: E402  (this directory is on sys.path: the benches run as scripts)
 
 from results_store import batch_writer as batch_writer_module  # noqa: E402
 from results_store import checksums, delta_tables, durable_files  # noqa: E402
@@ -300,24 +300,6 @@ def report(result: dict[str, Any]) -> None:
 def _order(name: str) -> tuple[int, str]:
     prefixes = ["ack", "prepare", "commit", "WAL", "compaction", "event", "store"]
     return next((i for i, p in enumerate(prefixes) if name.startswith(p)), len(prefixes)), name
-
-
-@contextlib.contextmanager
-def unsynced() -> Iterator[None]:
-    """The store as it was before it synced its commits (results_store/durable_files.py): files are
-    written, linked and renamed, none fsynced. The baseline that prices the syncs, nothing to run."""
-    saved = durable_files.sync_file, durable_files.write_synced
-
-    def write(path: Path, data: bytes) -> None:
-        with open(path, "xb") as handle:
-            handle.write(data)
-
-    durable_files.sync_file = lambda path: None  # type: ignore[assignment]
-    durable_files.write_synced = write  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        durable_files.sync_file, durable_files.write_synced = saved
 
 
 def compare(synced: dict[str, Any], baseline: dict[str, Any]) -> None:

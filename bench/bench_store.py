@@ -13,13 +13,15 @@ Prints, in one process run:
   allocator environment of the CLI and the deployments (ALLOCATOR_ENV below)
   (targets <= 400 MB and year/month <= 1.3).
 
-Run: ``.venv/bin/python bench/bench_store.py`` (add ``--steps 100000`` for a quicker look).
+Run: ``.venv/bin/python bench/bench_store.py`` (add ``--steps 100000`` for a quicker look;
+``--unsynced-baseline`` runs the store again without its fsyncs and prints what they cost).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -46,7 +48,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from results_store import delta_tables  # noqa: E402
+from results_store import delta_tables, durable_files  # noqa: E402
 from results_store.flatten import SnapshotItem, flatten_batch  # noqa: E402
 from results_store.simulator.reference import ReferenceEngine  # noqa: E402
 from results_store.store import ResultsStore  # noqa: E402
@@ -122,6 +124,24 @@ async def store_run(pool: list[dict[str, Any]], steps: int, data_dir: Path, late
         "quarantined": summary.quarantined,
         "batch_size": settings.backtest_batch_size,
     }
+
+
+@contextlib.contextmanager
+def unsynced() -> Iterator[None]:
+    """The store as it was before it synced its commits (results_store/durable_files.py): files are
+    written, linked and renamed, none fsynced. A baseline that prices the syncs; nothing to run."""
+    saved = durable_files.sync_file, durable_files.write_synced
+
+    def write(path: Path, data: bytes) -> None:
+        with open(path, "xb") as handle:
+            handle.write(data)
+
+    durable_files.sync_file = lambda path: None  # type: ignore[assignment]
+    durable_files.write_synced = write  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        durable_files.sync_file, durable_files.write_synced = saved
 
 
 def csv_baseline(pool: list[dict[str, Any]], steps: int, out: Path) -> float:
@@ -208,6 +228,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=YEAR)
     parser.add_argument("--csv-steps", type=int, default=2_000)
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--unsynced-baseline", action="store_true",
+                        help="run the store again without its fsyncs of data files and commits, and compare")
     parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -240,6 +262,13 @@ def main() -> None:
             print(f"  {name:<18}{result['rows'][name]:>11,}{result['commits'].get(name, 0):>8}"
                   f"{result['data_files'].get(name, 0):>10}")
 
+        if args.unsynced_baseline:
+            gc.collect()
+            with unsynced():
+                loose = asyncio.run(store_run(pool, args.steps, Path(tmp) / "unsynced", None))
+            print(f"the store without its fsyncs (run after, same process): {loose['elapsed_s']:.2f} s = "
+                  f"{loose['throughput']:,.0f} timesteps/s (finalize {loose['finalize_s']:.2f} s) -> "
+                  f"synced/unsynced = {store_tps / loose['throughput']:.2f}x")
         csv_tps = csv_baseline(pool, args.csv_steps, Path(tmp) / "csv")
         floor_tps = raw_floor(pool, args.steps, Path(tmp) / "floor")
     print(f"baseline A, spec CSV design ({args.csv_steps:,} timesteps): {csv_tps:,.0f} timesteps/s -> "
