@@ -459,6 +459,11 @@ class BatchWriter:
             self._handles.pop(name, None)
             raise map_error(exc, f"commit {name}", self.table_paths[name]) from exc
 
+    def handle(self, name: str) -> delta_tables.TableHandle | None:
+        """The open handle of table ``name`` (None before its first commit, or after a failed one).
+        Between commits only: a handle is not for two threads at once."""
+        return self._handles.get(name)
+
     def _commit_with_handle(self, name: str, adds: list[delta_tables.FileAction], last_timestep: int,
                             metadata: dict[str, Any]) -> int | None:
         """``delta_tables.commit_run_files``, reusing one open table per result table: opening a

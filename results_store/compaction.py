@@ -6,9 +6,11 @@ did, rewrote the day's data on every collection: quadratic writes, and a disk fu
 files nothing vacuumed. The live policy (:class:`LiveCompaction`) instead:
 
 - **merges the appends** of a table once ``merge_files`` of them have piled up since the last merge
-  (``delta_tables.compact_run(select="appended")``, into a ``merged-…`` file): each row is rewritten
-  once more here, whatever the day's length. The tables take turns, so that one commit does not
-  merge all of them at once and hold up the commits behind it;
+  (into a ``merged-…`` file; ``delta_tables.merge_appends`` by version through the writer's handle,
+  which knows the files it appended, or ``compact_run(select="appended")`` through delta-rs when it
+  does not know them all): each row is rewritten once more here, whatever the day's length. The
+  tables take turns, so that one commit does not merge all of them at once and hold up the commits
+  behind it;
 - **compacts the day** when the run's data rolls over into a new UTC day
   (``select="uncompacted"``, into one ``compacted-…`` file per day): a second rewrite.
 
@@ -121,6 +123,9 @@ class LiveCompaction:
     checkpoint_seconds: float = CHECKPOINT_SECONDS
     checkpoint_cost_factor: float = CHECKPOINT_COST_FACTOR
     clock: Callable[[], float] = field(default=monotonic, repr=False)  # when checkpoints are due (tests pass their own)
+    # The run's writer's handle of a table (``BatchWriter.handle``): merges go through it when it
+    # knows every append to merge (``delta_tables.merge_appends``); without one, through delta-rs.
+    handles: Callable[[str], delta_tables.TableHandle | None] | None = field(default=None, repr=False)
     # Per table, the clock's time before which no checkpoint is started.
     _next_checkpoint: dict[str, float] = field(default_factory=dict, repr=False)
     # Tables whose checkpoint is submitted and not written yet: never a second one queued behind it.
@@ -174,9 +179,7 @@ class LiveCompaction:
                 self.appended[name] = self.appended.get(name, 0) + (0 if counted else 1)
                 if self.appended[name] >= self.merge_files and self._turn(name):
                     due.append(name)
-            results = _each(lambda name: delta_tables.compact_run(
-                self.table_paths[name], self.run_id, compression=self.compression, select="appended",
-                output="merged", min_files=self.merge_files), due)
+            results = _each(self._merge, due)
             for name, result in zip(due, results, strict=True):
                 self.appended[name] = 0
                 if result.get("numFilesRemoved"):
@@ -191,6 +194,22 @@ class LiveCompaction:
         self.done.extend(actions)
         self.commits += 1
         return actions
+
+    def _merge(self, name: str) -> dict[str, Any]:
+        """Merge a table's appends: those its writer's handle appended, by version, when it knows them
+        all; else what the table lists as the run's appends (after a restart, say), through delta-rs."""
+        handle = self.handles(name) if self.handles is not None else None
+        path = self.table_paths[name]
+        if handle is not None:
+            merged = delta_tables.merge_appends(path, handle, self.run_id, compression=self.compression,
+                                                min_files=self.merge_files)
+            if merged is not None:
+                return merged
+        result = delta_tables.compact_run(path, self.run_id, compression=self.compression, select="appended",
+                                          output="merged", min_files=self.merge_files)
+        if handle is not None and result.get("numFilesRemoved"):
+            handle.forget_unmerged()  # merged just now with the rest of the run's appends
+        return result
 
     def _turn(self, name: str) -> bool:
         """Whether ``name`` may merge at this commit: tables take turns, one slot per commit.

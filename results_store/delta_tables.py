@@ -41,7 +41,7 @@ from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMi
 from deltalake.transaction import AddAction, RemoveAction
 
 from results_store import checksums, durable_files, error_map
-from results_store.delta_log import LAST_CHECKPOINT, LogChanged, LogTail
+from results_store.delta_log import LAST_CHECKPOINT, FilesGone, LogChanged, LogTail
 from results_store.error_map import storage_errors
 from results_store.row_groups import DataFile, file_index, read_ordered
 from schemas.errors import ComponentError
@@ -71,6 +71,7 @@ __all__ = [
     "delete_run",
     "discard_run_files",
     "history",
+    "merge_appends",
     "open_handle",
     "open_run_file",
     "open_table",
@@ -236,6 +237,15 @@ class TableHandle:
         self.checkpoint_interval = int(self.table.metadata().configuration.get("delta.checkpointInterval") or 100)
         self.tail = (LogTail(self.path, self.table.version(), list(self.table.metadata().partition_columns))
                      if _appends_by_hand(self.table) else None)
+        # The add actions of the files this handle appended by version since its last merge (in commit
+        # order), which ``merge_appends`` replaces without listing the table; a new tail forgets them.
+        self.unmerged: list[dict[str, Any]] = []
+
+    def forget_unmerged(self) -> None:
+        """Stop tracking the appends not merged yet (another merge took them)."""
+        if self.tail is not None:
+            self.tail.unwatch(str(action["path"]) for action in self.unmerged)
+        self.unmerged = []
 
     @property
     def direct(self) -> bool:
@@ -458,15 +468,62 @@ def _append_by_hand(path: Path, handle: TableHandle, tail: LogTail, files: Seque
     """``commit_run_files`` through the handle's log tail; the checkpoint delta-rs would write after it."""
     _, custom = _marked(metadata)
     tail.catch_up()  # first: a log cleaned up behind the handle raises before its old snapshot is asked
-    landed = tail.append([_add_action(add) for add in files], app_id=run_app_id(run_id), txn_version=last_timestep,
+    actions = [_add_action(add) for add in files]
+    tail.watch(action["path"] for action in actions)  # before the commit: a removal after it is seen
+    landed = tail.append(actions, app_id=run_app_id(run_id), txn_version=last_timestep,
                          commit_info=custom, committed=handle.committed(run_id))
     if landed is None:
+        tail.unwatch(action["path"] for action in actions)
         return None
     version, data = landed
+    handle.unmerged.extend(actions)
     checksums.record_commit(path, version, data)
     if with_checkpoint and (version + 1) % handle.checkpoint_interval == 0:  # where delta-rs' post-commit hook writes one
         checkpoint(path, version)
     return version
+
+
+def merge_appends(path: Path, handle: TableHandle | None, run_id: str, *, compression: Compression = "zstd",
+                  min_files: int = 2) -> dict[str, Any] | None:
+    """Merge the files ``handle`` appended by version since its last merge (``handle.unmerged``) into
+    one ``merged-…`` file, committed in their place by version; what ``compact_run(select="appended")``
+    does, without opening the table or listing its files (delta-rs reads the log for each: 25-30 ms of
+    a merge's ~40 at a few hundred versions; ``bench/bench_live.py``). None when it cannot: no
+    handle appending by version, fewer than ``min_files`` files it appended, a commit that changed the
+    table's metadata, or one that removed some of the files first (``FilesGone``: their rows must not
+    come back). The caller then merges through ``compact_run``, which lists what is there.
+    """
+    if handle is None or handle.tail is None or len(handle.unmerged) < max(min_files, 2):
+        return None
+    tail = handle.tail
+    files = list(handle.unmerged)
+    paths = [str(action["path"]) for action in files]
+    with storage_errors("compact", path):
+        sources = [DataFile(_local_file(path, str(a["path"])), run_id, int(a["size"]), log_path=str(a["path"]))
+                   for a in files]
+        adds, rows = _rewrite_files(path, run_id, _arrow_schema(handle.table), sources, compression, MERGED_PREFIX)
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        removes = [{"path": a["path"], "dataChange": False, "deletionTimestamp": now_ms, "extendedFileMetadata": True,
+                    "partitionValues": a["partitionValues"], "size": a["size"]} for a in files]
+        _, custom = _marked({"run_id": run_id, "results_store_step": "compact_appended"})
+        try:
+            version, data = tail.replace([_add_action(add) for add in adds], removes, commit_info=custom)
+        except (FilesGone, LogChanged) as refused:  # raised before anything was linked in
+            discard_run_files(path, adds)
+            handle.forget_unmerged()
+            if isinstance(refused, LogChanged):
+                handle.reopen()
+            return None
+        handle.unmerged = handle.unmerged[len(files):]
+        tail.unwatch(paths)
+        checksums.record_commit(path, version, data)
+    return {"numFilesAdded": len(adds), "numFilesRemoved": len(files), "rows": rows, "version": version}
+
+
+def _local_file(path: Path, log_path: str) -> str:
+    """Where a file the log names is on disk: as spelled, or percent-decoded (the log spells URIs)."""
+    local = path / log_path
+    return str(local if local.exists() else path / unquote(log_path))
 
 
 def _add_action(add: AddAction) -> dict[str, Any]:

@@ -181,6 +181,8 @@ class ResultsStore:
         await asyncio.to_thread(self._acquire_lock)
         try:
             self._batch_writer = await asyncio.to_thread(self._open_writer)
+            if self._live_compaction is not None:
+                self._live_compaction.handles = self._batch_writer.handle
             self._watermark = self._batch_writer.watermark()
             await asyncio.to_thread(self._retrying, f"register run {self.run_id}", self._register_start)
             if self._live:
