@@ -11,6 +11,11 @@ opt-in), so the store syncs what it writes itself and, after a delta-rs commit, 
 wrote. Live mode's write-ahead log gives up a snapshot once its commits are reported done, so "done"
 must mean on disk. An fsync of a new small file costs ~0.4 ms on these machines; bench/bench_live.py
 shows what they add to a live commit.
+
+Checkpoints are not synced: delta-rs writes one and then ``_last_checkpoint`` before the store gets
+control, so a sync afterwards would only narrow the window (the kernel's writeback delay, ~30 s) in
+which a power cut could leave a torn checkpoint named. ``checksum verify`` names such a checkpoint
+(its sha256 is recorded) and ``restore`` puts it back; no commit is lost with it.
 """
 
 from __future__ import annotations

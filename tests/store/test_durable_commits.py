@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 MARKER = "/results-store-test-marker"
 
 # A first append (the table made and committed through delta-rs), then one through a table handle
-# (its log entry written by the store itself), then a checkpoint; an access() of a path that does not exist marks in the
+# (its log entry written by the store itself); an access() of a path that does not exist marks in the
 # trace where each call returned.
 SCRIPT = textwrap.dedent(f"""
     import os, sys
@@ -45,8 +45,6 @@ SCRIPT = textwrap.dedent(f"""
     assert handle is not None and handle.direct, "the handle should append by version"
     delta_tables.append_exactly_once(path, rows(3), run_id="r1", last_timestep=5, table=handle)
     os.access("{MARKER}/by-version", os.F_OK)
-    assert delta_tables.checkpoint(path) == 2
-    os.access("{MARKER}/checkpointed", os.F_OK)
 """)
 
 
@@ -152,13 +150,3 @@ def test_a_checksum_entry_is_on_disk_before_it_is_renamed_into_place(traced: tup
         reported = min(m for m in markers if m > rename.index)
         assert _synced(calls, manifest, after=rename.index, before=reported), "the entry's name was not synced"
 
-
-def test_a_checkpoint_and_the_pointer_to_it_are_synced_before_the_store_reports_it(
-        traced: tuple[Path, list[Call]]) -> None:
-    table, calls = traced
-    start = _first(calls, ACCESS, f"{MARKER}/by-version")
-    returned = _first(calls, ACCESS, f"{MARKER}/checkpointed", after=start)
-    log = table / "_delta_log"
-    for name in (f"{2:020d}.checkpoint.parquet", "_last_checkpoint"):
-        assert _synced(calls, str(log / name), after=start, before=returned), f"{name} not fsynced"
-    assert _synced(calls, str(log), after=start, before=returned)
