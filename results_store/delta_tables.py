@@ -171,13 +171,12 @@ def _sync_commit(path: Path, version: int, log_bytes: bytes) -> None:
     """
     directories = {path / checksums.LOG_DIR}
     for add in checksums.added_paths(log_bytes):
-        for local in dict.fromkeys((add, unquote(add))):  # on disk as spelled or decoded (checksums._hash_added)
-            try:
-                durable_files.sync_file(path / local)
-            except FileNotFoundError:
-                continue  # the other spelling, or removed since by another writer's vacuum
-            directories.add((path / local).parent)
-            break
+        local = Path(_local_file(path, add))
+        try:
+            durable_files.sync_file(local)
+        except FileNotFoundError:
+            continue  # removed since by another writer's vacuum
+        directories.add(local.parent)
     durable_files.sync_file(path / checksums.LOG_DIR / f"{version:020d}.json")
     for directory in directories:
         durable_files.sync_dir(directory)
@@ -509,7 +508,8 @@ def merge_appends(path: Path, handle: TableHandle | None, run_id: str, *, compre
 
 
 def _local_file(path: Path, log_path: str) -> str:
-    """Where a file the log names is on disk: as spelled, or percent-decoded (the log spells URIs)."""
+    """Where a file the log names is on disk: as spelled (the store's own files), or percent-decoded
+    (the log spells paths as URIs, and delta-rs writes its files under the decoded names)."""
     local = path / log_path
     return str(local if local.exists() else path / unquote(log_path))
 
@@ -1212,10 +1212,8 @@ def _data_files(table: DeltaTable, key: str) -> tuple[DataFile, ...]:
             column("path"), column("size_bytes"), column("num_records"), column(f"partition.{PARTITION_COLUMN}"),
             column("min.timestep"), column("max.timestep"), micros("min.timestamp"), micros("max.timestamp"),
             strict=True):
-        local = Path(key) / log_path
-        if not local.exists():  # the log spells paths as URIs: percent-encoded
-            local = Path(key) / unquote(log_path)
-        files.append(DataFile(str(local), str(run), int(size), records, step_lo, step_hi, ts_lo, ts_hi, log_path))
+        files.append(DataFile(_local_file(Path(key), log_path), str(run), int(size), records, step_lo, step_hi,
+                              ts_lo, ts_hi, log_path))
     return tuple(files)
 
 
