@@ -8,7 +8,7 @@ files nothing vacuumed. The live policy (:class:`LiveCompaction`) instead:
 - **merges the appends** of a table once ``merge_files`` of them have piled up since the last merge
   (into a ``merged-…`` file; ``delta_tables.merge_appends`` by version through the writer's handle,
   which knows the files it appended, or ``compact_run(select="appended")`` through delta-rs when it
-  does not know them all): each row is rewritten once more here, whatever the day's length. The
+  knows too few of them): each row is rewritten once more here, whatever the day's length. The
   tables take turns, so that one commit does not merge all of them at once and hold up the commits
   behind it;
 - **compacts the day** when the run's data rolls over into a new UTC day
@@ -123,8 +123,9 @@ class LiveCompaction:
     checkpoint_seconds: float = CHECKPOINT_SECONDS
     checkpoint_cost_factor: float = CHECKPOINT_COST_FACTOR
     clock: Callable[[], float] = field(default=monotonic, repr=False)  # when checkpoints are due (tests pass their own)
-    # The run's writer's handle of a table (``BatchWriter.handle``): merges go through it when it
-    # knows every append to merge (``delta_tables.merge_appends``); without one, through delta-rs.
+    # The run's writer's handle of a table (``BatchWriter.handle``): a merge goes through it when it
+    # appended at least ``merge_files`` files since its last merge (``delta_tables.merge_appends``);
+    # otherwise, or without one, through delta-rs, which lists the run's appends.
     handles: Callable[[str], delta_tables.TableHandle | None] | None = field(default=None, repr=False)
     # Per table, the clock's time before which no checkpoint is started.
     _next_checkpoint: dict[str, float] = field(default_factory=dict, repr=False)
@@ -196,8 +197,9 @@ class LiveCompaction:
         return actions
 
     def _merge(self, name: str) -> dict[str, Any]:
-        """Merge a table's appends: those its writer's handle appended, by version, when it knows them
-        all; else what the table lists as the run's appends (after a restart, say), through delta-rs."""
+        """Merge a table's appends: those its writer's handle appended, by version, when there are
+        ``merge_files`` of them; else what the table lists as the run's appends (a run's first merge,
+        one after a restart), through delta-rs."""
         handle = self.handles(name) if self.handles is not None else None
         path = self.table_paths[name]
         if handle is not None:
